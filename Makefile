@@ -1,0 +1,24 @@
+# The README's two commands: `make demo` and `make test`. Both set up everything first.
+VENV ?= .venv
+LOCARA := $(VENV)/bin/locara
+PY := $(VENV)/bin/python
+PROMPT ?= Name the capital city of France.
+
+.PHONY: install demo test lint bench
+
+install:
+	./scripts/install.sh
+
+demo: install
+	$(LOCARA) run --temperature 0 "$(PROMPT)"
+
+lint: install
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+	$(PY) -m mypy --strict src
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/decode.py

@@ -1,0 +1,295 @@
+"""The llama.cpp backend, on llama-cpp-python.
+
+The token loop is Locara's own (``Llama.generate`` yields one token at a time), so
+stop strings, token counts, timings and cancellation are exact and identical for
+every surface. Chat prompts are rendered by Locara's sandboxed template renderer,
+never by llama-cpp-python's chat handlers. llama.cpp's KV cache keeps the longest
+common prefix between calls, which is what makes a repeated system prompt cheap.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from locara.backends.base import (
+    Availability,
+    Capabilities,
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    LoadOptions,
+    Timings,
+    Usage,
+)
+from locara.backends.chat_template import render_chat
+from locara.backends.stops import StopScanner
+from locara.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ContextOverflowError,
+    ModelFormatError,
+    UnsupportedFeatureError,
+)
+
+if TYPE_CHECKING:
+    from locara.registry.manifest import ModelManifest
+
+_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+
+
+def physical_cores() -> int:
+    """Threads for decoding: physical cores (hyperthreads only add contention)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class LlamaCppBackend:
+    """Loads GGUF files with llama-cpp-python."""
+
+    name: ClassVar[str] = "llama_cpp"
+    formats: ClassVar[frozenset[str]] = frozenset({"gguf"})
+
+    def available(self) -> Availability:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as exc:
+            return Availability(False, f"llama-cpp-python is not installed ({exc})")
+        return Availability(True)
+
+    def load(self, path: Path, manifest: ModelManifest, opts: LoadOptions) -> LlamaCppModel:
+        """Load the GGUF at ``path``; bad files raise ModelFormatError before llama.cpp sees them."""
+        from locara.device.gguf_meta import read_gguf
+
+        info = read_gguf(path)  # not-GGUF and truncated files fail here, cleanly
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "llama-cpp-python is not installed", "run ./scripts/install.sh"
+            ) from exc
+        n_ctx = opts.n_ctx
+        trained = info.context_length
+        if trained and n_ctx > trained:
+            raise ModelFormatError(
+                f"context {n_ctx} is larger than {manifest.id}'s trained context {trained}",
+                f"pass --ctx {trained} or less",
+            )
+        threads = opts.n_threads or physical_cores()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=min(opts.n_batch, n_ctx),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=opts.n_gpu_layers,
+                embedding=opts.embedding,
+                flash_attn=opts.flash_attn,
+                type_k=_KV_TYPES[opts.kv_type],
+                type_v=_KV_TYPES[opts.kv_type],
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelFormatError(
+                f"llama.cpp could not load {path}: {exc}",
+                "check the file with: locara cache verify --deep",
+            ) from exc
+        template = manifest.config.chat_template or info.chat_template
+        return LlamaCppModel(llm, manifest, template, opts, threads)
+
+
+class LlamaCppModel:
+    """A loaded GGUF. Not thread-safe: the engine serialises calls per model."""
+
+    def __init__(
+        self,
+        llm: Any,
+        manifest: ModelManifest,
+        template: str | None,
+        opts: LoadOptions,
+        threads: int,
+    ) -> None:
+        self._llm = llm
+        self.manifest = manifest
+        self.template = template
+        self.opts = opts
+        self.n_threads = threads
+        self.n_ctx: int = int(llm.n_ctx())
+        self.capabilities = Capabilities(
+            chat=template is not None,
+            completion=True,
+            embed=opts.embedding,
+            json_schema=True,
+            tools=False,
+            logprobs=False,
+        )
+        self._lock = threading.Lock()
+        self._stop_ids = self._single_token_ids(manifest.config.stop_tokens)
+
+    # -- tokens --------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def _single_token_ids(self, words: tuple[str, ...]) -> set[int]:
+        ids: set[int] = set()
+        for w in words:
+            toks = self.tokenize(w)
+            if len(toks) == 1:
+                ids.add(toks[0])
+        return ids
+
+    def _bos_eos(self) -> tuple[str, str]:
+        def text(tok: int) -> str:
+            if tok < 0:
+                return ""
+            return bytes(self._llm.detokenize([tok], special=True)).decode("utf-8", "replace")
+
+        return text(self._llm.token_bos()), text(self._llm.token_eos())
+
+    def render_prompt(self, req: GenerationRequest) -> str:
+        if req.prompt is not None:
+            return req.prompt
+        if self.template is None:
+            raise UnsupportedFeatureError(
+                f"{self.manifest.id} has no chat template",
+                "set config.chat_template in its manifest, or send a plain prompt",
+            )
+        bos, eos = self._bos_eos()
+        return render_chat(self.template, req.messages, bos_token=bos, eos_token=eos)
+
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        text = self.render_prompt(req)
+        add_bos = bool(self._llm._model.add_bos_token()) and not (
+            req.prompt is None and self.template and "bos_token" in self.template
+        )
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    # -- generation ----------------------------------------------------------------
+    def generate(self, req: GenerationRequest) -> Iterator[Chunk]:
+        """Stream the answer; the last chunk has the finish reason, usage and timings.
+
+        Closing the iterator (a client went away, Ctrl-C) stops decoding before the
+        next token: the loop holds no buffered work.
+        """
+        req.validate()
+        tokens = self.prompt_tokens(req)
+        n_prompt = len(tokens)
+        if n_prompt >= self.n_ctx:
+            raise ContextOverflowError(n_prompt, req.max_tokens or 0, self.n_ctx)
+        budget = req.max_tokens if req.max_tokens is not None else self.n_ctx - n_prompt
+        if n_prompt + budget > self.n_ctx:
+            raise ContextOverflowError(n_prompt, budget, self.n_ctx)
+        grammar = self._grammar(req.json_schema) if req.json_schema is not None else None
+        with self._lock:
+            yield from self._generate_locked(req, tokens, budget, grammar)
+
+    def _generate_locked(
+        self, req: GenerationRequest, tokens: list[int], budget: int, grammar: Any
+    ) -> Iterator[Chunk]:
+        import llama_cpp
+
+        llm = self._llm
+        s = req.sampling
+        llm.set_seed(s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        cached = self._reusable_prefix(tokens)
+        scanner = StopScanner(req.stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = llm._model.vocab
+        started = time.perf_counter()
+        first_at: float | None = None
+        n_out = 0
+        finish: FinishReason = "length"
+        gen = llm.generate(
+            tokens,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            min_p=s.min_p,
+            temp=s.temperature,
+            repeat_penalty=s.repeat_penalty,
+            grammar=grammar,
+        )
+        try:
+            for tok in gen:
+                now = time.perf_counter()
+                if first_at is None:
+                    first_at = now
+                if tok in self._stop_ids or llama_cpp.llama_vocab_is_eog(vocab, tok):
+                    finish = "stop"
+                    break
+                n_out += 1
+                piece = decoder.decode(bytes(llm.detokenize([tok], special=False)))
+                emit, hit = scanner.feed(piece)
+                if emit:
+                    yield Chunk(emit, n_out, len(tokens), now - started)
+                if hit:
+                    finish = "stop"
+                    break
+                if n_out >= budget:
+                    break
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise BackendError(f"llama.cpp failed while generating: {exc}", "retry; "
+                               "if it persists, reload the model") from exc
+        finally:
+            gen.close()
+        tail = scanner.flush(decoder.decode(b"", final=True)) if finish != "stop" else ""
+        end = time.perf_counter()
+        first_at = first_at or end
+        usage = Usage(len(tokens), n_out, cached)
+        timings = Timings(prompt_s=first_at - started, generation_s=end - first_at,
+                          ttft_s=first_at - started)
+        yield Chunk(tail, n_out, len(tokens), end - started, finish, usage, timings)
+
+    def _reusable_prefix(self, tokens: list[int]) -> int:
+        # Mirrors Llama.generate's prefix reuse so usage can report cached tokens.
+        llm = self._llm
+        n = 0
+        for a, b in zip(llm._input_ids, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n - 1 if n == len(tokens) and n > 0 else n
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        try:
+            if not schema:
+                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+            raise UnsupportedFeatureError(
+                f"this JSON schema cannot be compiled to a grammar: {exc}",
+                "simplify the schema (objects, arrays, strings, numbers, enums)",
+            ) from exc
+
+    # -- embeddings ----------------------------------------------------------------
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        if not self.opts.embedding:
+            raise UnsupportedFeatureError(
+                f"{self.manifest.id} was not loaded for embeddings",
+                "load it with embeddings enabled, or use an embedding model",
+            )
+        for t in texts:
+            n = self.count_tokens(t)
+            if n > self.n_ctx:
+                raise ContextOverflowError(n, 0, self.n_ctx)
+        with self._lock:
+            try:
+                out = self._llm.embed(texts, normalize=True, truncate=False)
+            except (RuntimeError, ValueError) as exc:
+                raise BackendError(f"llama.cpp failed to embed: {exc}") from exc
+        return [list(map(float, v)) for v in out]
+
+    def close(self) -> None:
+        self._llm.close()

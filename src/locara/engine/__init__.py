@@ -1,0 +1,1 @@
+"""Model lifecycle: load on demand, keep alive, evict, queue."""

@@ -1,0 +1,61 @@
+"""From a reference to a loaded model: registry → store → backend.
+
+The one path every surface (CLI, server, bench) uses to get a model running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from locara.backends.base import LoadedModel, LoadOptions
+from locara.registry.catalog import Registry
+from locara.registry.manifest import Artifact, ModelManifest
+from locara.registry.refs import ModelRef, parse_ref
+from locara.settings import Settings
+from locara.store.blobs import BlobStore, StoredBlob
+from locara.store.fetch import Progress, ensure_artifact
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: ModelRef
+    manifest: ModelManifest
+    artifact: Artifact
+    blob: StoredBlob
+
+
+@dataclass
+class ModelHandle:
+    resolved: ResolvedModel
+    model: LoadedModel
+    backend: str
+    load_s: float
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def resolve(
+    settings: Settings, reference: str | None, progress: Progress | None = None
+) -> ResolvedModel:
+    """Parse the reference, find its manifest and artifact, and make the blob present."""
+    from locara.planner.select import select_artifact
+
+    ref = parse_ref(reference or settings.default_model)
+    manifest = Registry(settings).get(ref.id)
+    store = BlobStore(settings)
+    artifact = select_artifact(manifest, ref, store)
+    blob = ensure_artifact(store, manifest, artifact, settings, progress)
+    return ResolvedModel(ref, manifest, artifact, blob)
+
+
+def load(settings: Settings, resolved: ResolvedModel, opts: LoadOptions) -> ModelHandle:
+    """Load a resolved model with the llama.cpp backend and record that it was used."""
+    from locara.backends.llama_cpp import LlamaCppBackend
+
+    started = time.perf_counter()
+    model = LlamaCppBackend().load(resolved.blob.path, resolved.manifest, opts)
+    load_s = time.perf_counter() - started
+    BlobStore(settings).touch(resolved.blob.sha256)
+    return ModelHandle(resolved, model, LlamaCppBackend.name, load_s)

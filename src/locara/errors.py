@@ -1,0 +1,146 @@
+"""Every error Locara raises on purpose.
+
+Each carries a one-line ``message`` and a ``hint``: the next thing to run or set.
+Subclasses also inherit the matching builtin so callers that only know Python's
+exceptions still catch them sensibly.
+
+    LocaraError(Exception)
+    ├── UsageError(ValueError)              bad arguments, bad references, bad sampling values
+    │   └── InvalidReferenceError           a model reference/id/digest/filename that is not allowed
+    ├── UnknownModelError(KeyError)         no manifest with that id (suggests near matches)
+    ├── ManifestError(ValueError)           a manifest that does not validate
+    ├── StoreError(OSError)                 the store cannot be written/read (permissions, disk full)
+    │   └── IntegrityError                  bytes whose size or SHA-256 differ from what was promised
+    ├── FetchError(OSError)                 a download failed (url, HTTP status)
+    │   └── OfflineError                    a model is needed and the network is off
+    ├── ModelFormatError(ValueError)        not a GGUF, truncated, missing metadata
+    ├── ContextOverflowError(ValueError)    prompt (+ max_tokens) longer than the context
+    ├── NoFitError(MemoryError)             nothing fits this device (carries reasons)
+    ├── BackendUnavailableError(RuntimeError) backend not installed or cannot run here
+    ├── UnsupportedFeatureError(ValueError) a backend/model cannot do what was asked
+    └── BackendError(RuntimeError)          a backend failed while loading or generating
+
+Foreign exceptions (llama_cpp, mlx, httpx, sqlite) are translated where they enter
+Locara, with ``raise ... from exc``, so the cause stays visible under LOCARA_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+
+class LocaraError(Exception):
+    """Base of all Locara errors: a message and a hint naming the next action."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(LocaraError, ValueError):
+    """Arguments the user can fix by typing something else."""
+
+
+class InvalidReferenceError(UsageError):
+    """A model reference, id, digest or filename that Locara refuses to build a path from."""
+
+
+class UnknownModelError(LocaraError, KeyError):
+    """No manifest with this id; ``suggestions`` holds near matches."""
+
+    def __init__(self, model: str, suggestions: list[str] | None = None) -> None:
+        self.model = model
+        self.suggestions = suggestions or []
+        if self.suggestions:
+            hint = "did you mean: " + ", ".join(self.suggestions) + "?  (list models: locara ls)"
+        else:
+            hint = "list known models with: locara ls --all"
+        super().__init__(f"unknown model {model!r}", hint)
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
+
+
+class ManifestError(LocaraError, ValueError):
+    """A model or app manifest that does not validate."""
+
+
+class StoreError(LocaraError, OSError):
+    """The model store cannot be read or written."""
+
+
+class IntegrityError(StoreError):
+    """Bytes whose size or SHA-256 differ from the promised ones; nothing was kept."""
+
+    def __init__(
+        self, what: str, expected: str, actual: str, hint: str | None = None
+    ) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{what}: expected {expected}, got {actual}",
+            hint or "the file was deleted; fetch it again with: locara pull MODEL",
+        )
+
+
+class FetchError(LocaraError, OSError):
+    """A download failed."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, url: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.url = url
+        self.status = status
+
+
+class OfflineError(FetchError):
+    """A model must be fetched but Locara is offline."""
+
+
+class ModelFormatError(LocaraError, ValueError):
+    """A model file that is not what it claims to be (not GGUF, truncated, missing metadata)."""
+
+
+class ContextOverflowError(LocaraError, ValueError):
+    """A prompt that does not fit the context window; never silently truncated."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        if max_tokens > 0:
+            message = (
+                f"prompt is {prompt_tokens} tokens; with max_tokens {max_tokens} it needs "
+                f"{prompt_tokens + max_tokens} but the context holds {n_ctx}"
+            )
+        else:
+            message = (
+                f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}"
+                " (and at least one token must be left for the answer)"
+            )
+        super().__init__(message, "shorten the prompt, lower --max-tokens, or raise --ctx")
+
+
+class NoFitError(LocaraError, MemoryError):
+    """Nothing fits on this device; ``reasons`` says why for each candidate."""
+
+    def __init__(self, message: str, reasons: list[str], hint: str | None = None) -> None:
+        self.reasons = reasons
+        super().__init__(message, hint or "see the alternatives with: locara plan MODEL")
+
+
+class BackendUnavailableError(LocaraError, RuntimeError):
+    """A backend is not installed or cannot run on this machine."""
+
+
+class UnsupportedFeatureError(LocaraError, ValueError):
+    """The chosen backend or model cannot do what the request asks for."""
+
+
+class BackendError(LocaraError, RuntimeError):
+    """A backend failed while loading a model or generating."""

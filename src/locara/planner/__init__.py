@@ -1,0 +1,1 @@
+"""Choosing backend, artifact, quant and context for this device."""

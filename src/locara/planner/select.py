@@ -1,0 +1,48 @@
+"""Pick the artifact a reference means, before the device-aware planner refines it."""
+
+from __future__ import annotations
+
+from locara.errors import UnknownModelError, UsageError
+from locara.registry.manifest import Artifact, ModelManifest
+from locara.registry.refs import ModelRef
+from locara.store.blobs import BlobStore
+from locara.store.sources import is_local
+
+
+def select_artifact(
+    manifest: ModelManifest, ref: ModelRef, store: BlobStore, backend: str = "llamacpp"
+) -> Artifact:
+    """The artifact for ``ref``: the pinned digest, the named quant, else the best at hand.
+
+    Without a digest or quant, prefer an artifact already in the store, then one with a
+    local source (a bundled package), then the manifest's first; so the default model
+    runs offline on a fresh machine.
+    """
+    candidates = manifest.artifact_list(backend)
+    if not candidates:
+        raise UsageError(
+            f"{manifest.id} has no {backend} artifact",
+            f"backends with artifacts: {', '.join(manifest.artifacts)}",
+        )
+    if ref.sha256:
+        for _, art in manifest.all_artifacts():
+            if art.sha256 == ref.sha256:
+                return art
+        raise UnknownModelError(str(ref), [f"{manifest.id}@sha256:{a.sha256}" for a in candidates
+                                           if a.sha256])
+    if ref.quant:
+        for art in candidates:
+            if art.quant and art.quant.lower() == ref.quant.lower():
+                return art
+        quants = [a.quant for a in candidates if a.quant]
+        raise UsageError(
+            f"{manifest.id} has no quant {ref.quant!r}",
+            "available: " + ", ".join(f"{manifest.id}:{q}" for q in quants),
+        )
+    for art in candidates:
+        if art.sha256 and store.find(art.sha256) is not None:
+            return art
+    for art in candidates:
+        if any(is_local(s) for s in art.sources):
+            return art
+    return candidates[0]

@@ -1,0 +1,1 @@
+"""Curated model manifests, references to them, and the catalog that finds them."""

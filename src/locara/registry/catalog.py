@@ -1,0 +1,81 @@
+"""The catalog: finds manifests in LOCARA_REGISTRY_PATH directories, then the built-in ones."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from locara.errors import ManifestError, UnknownModelError
+from locara.registry.manifest import ModelManifest
+from locara.registry.names import check_model_id
+from locara.settings import Settings
+
+
+def builtin_registry_dir() -> Path:
+    """The curated manifests shipped with Locara (``registry/models`` in the source tree)."""
+    return Path(__file__).resolve().parent / "models"
+
+
+def load_manifest(path: Path) -> ModelManifest:
+    """Read and validate one manifest file; a bad one is a ManifestError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc}", "fix or remove the file") from exc
+    try:
+        manifest = ModelManifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ManifestError(
+            f"invalid manifest {path}: {loc}: {first['msg']}", "fix the field and try again"
+        ) from exc
+    if manifest.id != path.stem:
+        raise ManifestError(
+            f"manifest {path} declares id {manifest.id!r} but is named {path.stem!r}",
+            f"rename the file to {manifest.id}.json",
+        )
+    return manifest
+
+
+class Registry:
+    """All manifests visible to this process; user directories shadow built-in entries."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.dirs: tuple[Path, ...] = (*settings.registry_paths, builtin_registry_dir())
+
+    def ids(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for d in self.dirs:
+            if d.is_dir():
+                for p in sorted(d.glob("*.json")):
+                    seen.setdefault(p.stem, None)
+        return list(seen)
+
+    def path_of(self, model_id: str) -> Path | None:
+        check_model_id(model_id)
+        for d in self.dirs:
+            p = d / f"{model_id}.json"
+            if p.is_file():
+                return p
+        return None
+
+    def get(self, model_id: str) -> ModelManifest:
+        """The manifest for ``model_id``; unknown ids raise with near-match suggestions."""
+        path = self.path_of(model_id)
+        if path is None:
+            raise UnknownModelError(model_id, self.suggest(model_id))
+        return load_manifest(path)
+
+    def all(self) -> list[ModelManifest]:
+        return [self.get(i) for i in self.ids()]
+
+    def suggest(self, text: str, n: int = 3) -> list[str]:
+        ids = self.ids()
+        close = difflib.get_close_matches(text, ids, n=n, cutoff=0.5)
+        # Prefix/substring matches catch "smollm2" -> "smollm2-135m-instruct".
+        extra = [i for i in ids if text and text in i and i not in close]
+        return (close + extra)[:n]

@@ -1,0 +1,94 @@
+"""Settings: where Locara keeps things and how it behaves, read from the environment.
+
+Nothing here runs at import time. Callers build a ``Settings`` with ``Settings.from_env()``
+when they need one and pass it down, so tests (and apps embedding Locara) can point
+different calls at different homes in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Paths and switches for one Locara process (or one test)."""
+
+    home: Path
+    registry_paths: tuple[Path, ...] = ()
+    offline: bool = False
+    debug: bool = False
+    default_model: str = DEFAULT_MODEL
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    hf_token: str | None = field(default=None, repr=False)
+    hf_endpoint: str = "https://huggingface.co"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read LOCARA_* (and HF_*) variables now; defaults come from platformdirs."""
+        env = os.environ if env is None else env
+        home_s = env.get("LOCARA_HOME")
+        home = Path(home_s).expanduser() if home_s else Path(platformdirs.user_cache_dir("locara"))
+        reg = tuple(Path(p).expanduser() for p in env.get("LOCARA_REGISTRY_PATH", "").split(":") if p)
+        port_s = env.get("LOCARA_PORT", "")
+        return cls(
+            home=home,
+            registry_paths=reg,
+            offline=_flag(env, "LOCARA_OFFLINE") or _flag(env, "HF_HUB_OFFLINE"),
+            debug=_flag(env, "LOCARA_DEBUG"),
+            default_model=env.get("LOCARA_DEFAULT_MODEL", DEFAULT_MODEL),
+            host=env.get("LOCARA_HOST", DEFAULT_HOST),
+            port=int(port_s) if port_s.isdigit() else DEFAULT_PORT,
+            hf_token=env.get("HF_TOKEN") or None,
+            hf_endpoint=env.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"),
+        )
+
+    # Every path Locara writes is derived here, and only here.
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def tmp_dir(self) -> Path:
+        # Inside the store's filesystem, so the final rename is atomic.
+        return self.models_dir / ".tmp"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.models_dir / ".locks"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "locara.db"
+
+    @property
+    def usage_db_path(self) -> Path:
+        return self.home / "usage.db"
+
+    @property
+    def apps_dir(self) -> Path:
+        return self.home / "apps"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"

@@ -1,0 +1,268 @@
+"""Content-addressed blobs: ``models/<sha256>/model.<ext>`` plus ``meta.json``.
+
+The one invariant: a file under a content name always has that content. Bytes are
+written to a unique temporary directory in the same filesystem, hashed while they
+are written, checked against the promised size and SHA-256, fsynced, and only then
+renamed into place. Two processes racing to store the same blob both succeed: the
+loser's rename fails because the directory exists, and it discards its own copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from locara.errors import IntegrityError, StoreError
+from locara.registry.names import check_filename, check_sha256
+from locara.settings import Settings
+from locara.store.index import StoreIndex
+
+CHUNK = 1 << 20
+META = "meta.json"
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+def _stat_signature(path: Path) -> dict[str, int]:
+    # ctime cannot be set from user space, so any write or chmod after verification
+    # changes the signature and forces a re-hash before the bytes are trusted again.
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "ino": st.st_ino}
+
+
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    n = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+            if progress:
+                progress(len(chunk))
+    return h.hexdigest(), n
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    path: Path
+    size_bytes: int
+    meta: dict[str, Any]
+
+
+class BlobStore:
+    """The store under ``settings.models_dir`` and its index database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.models_dir
+        self.index = StoreIndex(settings.db_path)
+
+    # -- paths ---------------------------------------------------------------------
+    def blob_dir(self, sha256: str) -> Path:
+        return self.root / check_sha256(sha256)
+
+    def blob_path(self, sha256: str, ext: str) -> Path:
+        return self.blob_dir(sha256) / check_filename(f"model.{ext}")
+
+    def ensure_writable(self) -> None:
+        """Create the store directories or fail with a hint about LOCARA_HOME."""
+        try:
+            for d in (self.root, self.settings.tmp_dir, self.settings.locks_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.settings.tmp_dir / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write to the Locara home {self.settings.home}: {exc.strerror or exc}",
+                "make it writable, or set LOCARA_HOME to a writable directory",
+            ) from exc
+
+    # -- reading -------------------------------------------------------------------
+    def read_meta(self, sha256: str) -> dict[str, Any] | None:
+        p = self.blob_dir(sha256) / META
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def find(self, sha256: str) -> StoredBlob | None:
+        """The stored blob for ``sha256`` if present (not yet verified), else None."""
+        d = self.blob_dir(sha256)
+        meta = self.read_meta(sha256)
+        if meta is None:
+            return None
+        name = meta.get("file", "")
+        try:
+            path = d / check_filename(str(name))
+        except StoreError:
+            return None
+        except ValueError:
+            return None
+        # A symlink planted at a blob path could point anywhere: never follow one.
+        if d.is_symlink() or path.is_symlink() or not path.is_file():
+            return None
+        return StoredBlob(sha256, path, int(meta.get("size_bytes", -1)), meta)
+
+    def verify(self, sha256: str, deep: bool = False) -> StoredBlob:
+        """Return the blob if its bytes are the promised ones; raise IntegrityError if not.
+
+        Without ``deep`` the cached verification is reused when the file's stat
+        signature has not changed since it was hashed, so a 98 MB model is not
+        re-hashed on every run; any write or chmod since then forces a re-hash.
+        """
+        blob = self.find(sha256)
+        if blob is None:
+            raise StoreError(f"blob {sha256} is not in the store", "fetch it with: locara pull MODEL")
+        sig = _stat_signature(blob.path)
+        if not deep and blob.meta.get("verified") == sig:
+            return blob
+        actual, size = hash_file(blob.path)
+        if actual != sha256 or size != blob.size_bytes:
+            self.remove(sha256)
+            raise IntegrityError(
+                f"stored blob {sha256[:12]} is corrupted (size {size}, expected {blob.size_bytes})",
+                sha256,
+                actual,
+                hint="it was removed; fetch it again with: locara pull MODEL",
+            )
+        self._write_meta(blob.path.parent, {**blob.meta, "verified": sig})
+        return StoredBlob(sha256, blob.path, size, {**blob.meta, "verified": sig})
+
+    # -- writing -------------------------------------------------------------------
+    def ingest(
+        self,
+        chunks: Iterable[bytes],
+        sha256: str,
+        size_bytes: int | None,
+        ext: str,
+        meta: dict[str, Any],
+        progress: Callable[[int], None] | None = None,
+    ) -> StoredBlob:
+        """Store the bytes of ``chunks`` under ``sha256`` iff they hash to it.
+
+        The temp directory is unique per call, so correctness never depends on a lock:
+        concurrent writers each verify their own bytes and the first rename wins.
+        """
+        check_sha256(sha256)
+        self.ensure_writable()
+        tmp = self.settings.tmp_dir / f"{sha256[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            name = check_filename(f"model.{ext}")
+            target = tmp / name
+            h = hashlib.sha256()
+            n = 0
+            with target.open("xb") as f:
+                for chunk in chunks:
+                    h.update(chunk)
+                    f.write(chunk)
+                    n += len(chunk)
+                    if size_bytes is not None and n > size_bytes:
+                        raise IntegrityError(
+                            "download is larger than declared", f"{size_bytes} bytes", f"> {n} bytes"
+                        )
+                    if progress:
+                        progress(len(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+            actual = h.hexdigest()
+            if size_bytes is not None and n != size_bytes:
+                raise IntegrityError("size mismatch", f"{size_bytes} bytes", f"{n} bytes")
+            if actual != sha256:
+                raise IntegrityError("sha256 mismatch", sha256, actual)
+            return self._place(tmp, target, sha256, n, meta)
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(
+                f"cannot write the model into the store: {exc.strerror or exc}",
+                "free some disk space (locara cleanup) or set LOCARA_HOME to a larger disk",
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def adopt_verified_file(
+        self, tmp_dir: Path, target: Path, sha256: str, size: int, meta: dict[str, Any]
+    ) -> StoredBlob:
+        """Place a file the caller already hashed (e.g. a resumed download) into the store."""
+        return self._place(tmp_dir, target, sha256, size, meta)
+
+    def _place(
+        self, tmp: Path, target: Path, sha256: str, size: int, meta: dict[str, Any]
+    ) -> StoredBlob:
+        os.chmod(target, READ_ONLY)
+        full_meta = {
+            **meta,
+            "sha256": sha256,
+            "file": target.name,
+            "size_bytes": size,
+            "stored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "verified": _stat_signature(target),
+        }
+        self._write_meta(tmp, full_meta)
+        _fsync_dir(tmp)
+        final = self.blob_dir(sha256)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process placed the same content first (or a stale, broken dir is
+            # in the way). Trust the existing one only if it verifies.
+            existing = self.find(sha256)
+            if existing is None:
+                self._remove_dir(final)
+                os.rename(tmp, final)
+        _fsync_dir(self.root)
+        self.index.record_blob(
+            sha256, meta.get("id"), meta.get("quant"), meta.get("format", "gguf"), size
+        )
+        blob = self.find(sha256)
+        if blob is None:  # pragma: no cover - the rename above guarantees it
+            raise StoreError(f"blob {sha256} vanished after placing it", "try again")
+        return blob
+
+    def _write_meta(self, directory: Path, meta: dict[str, Any]) -> None:
+        tmp = directory / f".{META}.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, directory / META)
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob directory and its index row (reference rules are the caller's)."""
+        self._remove_dir(self.blob_dir(sha256))
+        self.index.forget_blob(sha256)
+
+    @staticmethod
+    def _remove_dir(d: Path) -> None:
+        if d.is_symlink():
+            d.unlink()
+            return
+        if not d.exists():
+            return
+        for p in d.iterdir():
+            with contextlib.suppress(OSError):
+                os.chmod(p, stat.S_IRUSR | stat.S_IWUSR, follow_symlinks=False)
+        shutil.rmtree(d, ignore_errors=True)
+
+    def touch(self, sha256: str) -> None:
+        self.index.touch(sha256)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
