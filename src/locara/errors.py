@@ -76,9 +76,7 @@ class StoreError(LocaraError, OSError):
 class IntegrityError(StoreError):
     """Bytes whose size or SHA-256 differ from the promised ones; nothing was kept."""
 
-    def __init__(
-        self, what: str, expected: str, actual: str, hint: str | None = None
-    ) -> None:
+    def __init__(self, what: str, expected: str, actual: str, hint: str | None = None) -> None:
         self.expected = expected
         self.actual = actual
         super().__init__(
@@ -91,7 +89,11 @@ class FetchError(LocaraError, OSError):
     """A download failed."""
 
     def __init__(
-        self, message: str, hint: str | None = None, url: str | None = None, status: int | None = None
+        self,
+        message: str,
+        hint: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message, hint)
         self.url = url

@@ -45,7 +45,9 @@ class Settings:
         env = os.environ if env is None else env
         home_s = env.get("LOCARA_HOME")
         home = Path(home_s).expanduser() if home_s else Path(platformdirs.user_cache_dir("locara"))
-        reg = tuple(Path(p).expanduser() for p in env.get("LOCARA_REGISTRY_PATH", "").split(":") if p)
+        reg = tuple(
+            Path(p).expanduser() for p in env.get("LOCARA_REGISTRY_PATH", "").split(":") if p
+        )
         port_s = env.get("LOCARA_PORT", "")
         return cls(
             home=home,

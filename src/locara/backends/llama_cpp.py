@@ -238,16 +238,19 @@ class LlamaCppModel:
                 if n_out >= budget:
                     break
         except (RuntimeError, ValueError, OSError) as exc:
-            raise BackendError(f"llama.cpp failed while generating: {exc}", "retry; "
-                               "if it persists, reload the model") from exc
+            raise BackendError(
+                f"llama.cpp failed while generating: {exc}",
+                "retry; if it persists, reload the model",
+            ) from exc
         finally:
             gen.close()
         tail = scanner.flush(decoder.decode(b"", final=True)) if finish != "stop" else ""
         end = time.perf_counter()
         first_at = first_at or end
         usage = Usage(len(tokens), n_out, cached)
-        timings = Timings(prompt_s=first_at - started, generation_s=end - first_at,
-                          ttft_s=first_at - started)
+        timings = Timings(
+            prompt_s=first_at - started, generation_s=end - first_at, ttft_s=first_at - started
+        )
         yield Chunk(tail, n_out, len(tokens), end - started, finish, usage, timings)
 
     def _reusable_prefix(self, tokens: list[int]) -> int:

@@ -28,8 +28,9 @@ def select_artifact(
         for _, art in manifest.all_artifacts():
             if art.sha256 == ref.sha256:
                 return art
-        raise UnknownModelError(str(ref), [f"{manifest.id}@sha256:{a.sha256}" for a in candidates
-                                           if a.sha256])
+        raise UnknownModelError(
+            str(ref), [f"{manifest.id}@sha256:{a.sha256}" for a in candidates if a.sha256]
+        )
     if ref.quant:
         for art in candidates:
             if art.quant and art.quant.lower() == ref.quant.lower():

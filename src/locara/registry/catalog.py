@@ -24,7 +24,9 @@ def load_manifest(path: Path) -> ModelManifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc}", "fix or remove the file") from exc
+        raise ManifestError(
+            f"cannot read manifest {path}: {exc}", "fix or remove the file"
+        ) from exc
     try:
         manifest = ModelManifest.model_validate(data)
     except ValidationError as exc:

@@ -36,8 +36,12 @@ def _stat_signature(path: Path) -> dict[str, int]:
     # ctime cannot be set from user space, so any write or chmod after verification
     # changes the signature and forces a re-hash before the bytes are trusted again.
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-            "ino": st.st_ino}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+    }
 
 
 def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
@@ -126,7 +130,9 @@ class BlobStore:
         """
         blob = self.find(sha256)
         if blob is None:
-            raise StoreError(f"blob {sha256} is not in the store", "fetch it with: locara pull MODEL")
+            raise StoreError(
+                f"blob {sha256} is not in the store", "fetch it with: locara pull MODEL"
+            )
         sig = _stat_signature(blob.path)
         if not deep and blob.meta.get("verified") == sig:
             return blob
@@ -173,7 +179,9 @@ class BlobStore:
                     n += len(chunk)
                     if size_bytes is not None and n > size_bytes:
                         raise IntegrityError(
-                            "download is larger than declared", f"{size_bytes} bytes", f"> {n} bytes"
+                            "download is larger than declared",
+                            f"{size_bytes} bytes",
+                            f"> {n} bytes",
                         )
                     if progress:
                         progress(len(chunk))

@@ -12,7 +12,7 @@ from locara.settings import Settings
 from locara.store.blobs import BlobStore, StoredBlob
 from locara.store.sources import iter_source
 
-Progress = Callable[[int], None]
+Progress = Callable[[int, int | None], None]  # (bytes just written, total)
 
 
 def ensure_artifact(
@@ -53,7 +53,7 @@ def ensure_artifact(
                     artifact.size_bytes,
                     artifact.extension,
                     meta,
-                    progress,
+                    (lambda n: progress(n, artifact.size_bytes)) if progress else None,
                 )
             except (FetchError, IntegrityError) as exc:
                 failures.append(exc)

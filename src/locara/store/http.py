@@ -16,7 +16,7 @@ TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 def resolve_url(url: str, settings: Settings) -> str:
     """Expand ``hf://owner/repo/file`` to a resolve URL on HF_ENDPOINT."""
     if url.startswith("hf://"):
-        owner, repo, path = (url[len("hf://") :].split("/", 2) + ["", ""])[:3]
+        owner, repo, path = [*url[len("hf://") :].split("/", 2), "", ""][:3]
         if not (owner and repo and path):
             raise FetchError(f"invalid hf:// source {url!r}", "use hf://owner/repo/file", url)
         return f"{settings.hf_endpoint}/{owner}/{repo}/resolve/main/{path}"
@@ -46,4 +46,6 @@ def iter_http(url: str, settings: Settings) -> Iterator[bytes]:
                 )
             yield from resp.iter_bytes(CHUNK)
     except httpx.HTTPError as exc:
-        raise FetchError(f"download of {real} failed: {exc}", "check the network and retry", real) from exc
+        raise FetchError(
+            f"download of {real} failed: {exc}", "check the network and retry", real
+        ) from exc

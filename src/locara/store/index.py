@@ -110,9 +110,7 @@ class StoreIndex:
 
     def touch(self, sha256: str, when: float | None = None) -> None:
         with self._connect() as c:
-            c.execute(
-                "UPDATE blobs SET last_used=? WHERE sha256=?", (when or time.time(), sha256)
-            )
+            c.execute("UPDATE blobs SET last_used=? WHERE sha256=?", (when or time.time(), sha256))
 
     def forget_blob(self, sha256: str) -> None:
         with self._connect() as c:

@@ -50,7 +50,9 @@ def iter_local(url: str) -> Iterator[bytes]:
     try:
         f = path.open("rb")
     except OSError as exc:
-        raise FetchError(f"cannot read {path}: {exc.strerror or exc}", "check the path", url) from exc
+        raise FetchError(
+            f"cannot read {path}: {exc.strerror or exc}", "check the path", url
+        ) from exc
     with f:
         while chunk := f.read(CHUNK):
             yield chunk

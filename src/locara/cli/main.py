@@ -1,0 +1,112 @@
+"""The ``locara`` command: a click group whose subcommands live one module per group.
+
+Subcommand modules are imported lazily (only the one being run), so ``locara --help``
+never imports llama_cpp, numpy or httpx. Errors are rendered here, in one place:
+one line, a hint, exit 1 (2 for usage errors); LOCARA_DEBUG=1 adds the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from locara import __version__
+from locara.errors import LocaraError
+
+# command name -> (module, attribute, one-line help). Add a line to add a command.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("locara.cli.run", "run", "Run a model: one answer, or an interactive chat."),
+    "ls": ("locara.cli.models", "ls", "List models in the store."),
+    "show": ("locara.cli.models", "show", "Show a model's manifest and GGUF metadata."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module, attr, _ = entry
+        cmd = getattr(importlib.import_module(module), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text comes from the table, so listing commands imports none of them.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="locara")
+def cli() -> None:
+    """Locara: find, download, verify, run and serve local models."""
+
+
+def render_error(exc: LocaraError) -> str:
+    lines = [f"error: {exc.message}"]
+    if exc.hint:
+        lines.append(f"  hint: {exc.hint}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn every failure into an exit code and a hint."""
+    debug = os.environ.get("LOCARA_DEBUG", "").lower() in {"1", "true", "yes", "on"}
+    try:
+        cli.main(args=argv, prog_name="locara", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.Abort:
+        _restore_line()
+        return 130
+    except click.UsageError as exc:
+        exc.show()
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _restore_line()
+        return 130
+    except BrokenPipeError:
+        # A closed pipe (locara run ... | head) is not an error worth a traceback.
+        _quiet_stdout()
+        return 1
+    except LocaraError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(render_error(exc), err=True)
+        return 1
+    except Exception as exc:  # the last line of defence: still one line and a hint
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo("  hint: rerun with LOCARA_DEBUG=1 for the traceback, and report it", err=True)
+        return 1
+    return 0
+
+
+def _restore_line() -> None:
+    # Ctrl-C mid-line: end the line so the shell prompt starts clean.
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,290 @@
+"""``locara run [MODEL] [PROMPT]``: one streamed answer, or an interactive chat."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any
+
+import click
+
+from locara.backends.base import Chunk, GenerationRequest, LoadOptions, Message, Sampling
+from locara.cli.common import byte_progress, echo_json, settings
+from locara.cli.main import render_error
+from locara.engine.loader import ModelHandle, load, resolve
+from locara.errors import LocaraError, UsageError
+from locara.ledger import UsageRecord, record_usage
+from locara.registry.catalog import Registry
+from locara.registry.refs import parse_ref
+from locara.settings import Settings
+
+CHAT_HELP = """commands:
+  /bye                     leave
+  /clear                   forget the conversation so far
+  /set temperature 0.2     change a sampling value (temperature, top_p, top_k, min_p,
+                           repeat_penalty, seed, max_tokens)
+  /set system TEXT         set the system prompt (clears the conversation)
+  /show                    show the current settings
+  /help                    this text"""
+
+
+def _split_args(cfg: Settings, args: tuple[str, ...], model: str | None) -> tuple[str, str | None]:
+    """Tell MODEL from PROMPT: with one argument, it is a model only if the registry knows it."""
+    if model is not None:
+        if len(args) > 1:
+            raise UsageError("too many arguments", 'quote the prompt: locara run -m MODEL "..."')
+        return model, args[0] if args else None
+    if len(args) == 2:
+        return args[0], args[1]
+    if len(args) > 2:
+        raise UsageError("too many arguments", 'quote the prompt: locara run MODEL "your prompt"')
+    if len(args) == 1:
+        word = args[0]
+        if " " not in word:
+            try:
+                ref = parse_ref(word)
+            except UsageError:
+                ref = None
+            if ref is not None and Registry(cfg).path_of(ref.id) is not None:
+                return word, None
+        return cfg.default_model, word
+    return cfg.default_model, None
+
+
+def _sampling(manifest_defaults: dict[str, float | int], **given: Any) -> Sampling:
+    """Manifest defaults, then whatever the user passed."""
+    fields: dict[str, Any] = {
+        k: v for k, v in manifest_defaults.items() if k in Sampling.__dataclass_fields__
+    }
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return Sampling(**fields).validate()
+
+
+@click.command()
+@click.argument("args", nargs=-1)
+@click.option("-m", "--model", default=None, help="Model reference (default: the default model).")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (>= 0).")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling, in (0, 1].")
+@click.option("--top-k", type=int, default=None, help="Top-k sampling (0 disables).")
+@click.option("--min-p", type=float, default=None, help="Min-p sampling, in [0, 1].")
+@click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (> 0).")
+@click.option("--seed", type=int, default=None, help="Random seed for reproducible sampling.")
+@click.option("--max-tokens", type=int, default=None, help="Most tokens to generate.")
+@click.option("--ctx", type=int, default=4096, show_default=True, help="Context window (tokens).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer and stats as JSON.")
+@click.option("--verbose", is_flag=True, help="Print speeds and timings on stderr.")
+def run(
+    args: tuple[str, ...],
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    min_p: float | None,
+    repeat_penalty: float | None,
+    seed: int | None,
+    max_tokens: int | None,
+    ctx: int,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Run MODEL on PROMPT and stream the answer; without PROMPT, chat interactively.
+
+    \b
+    Examples:
+      locara run "Name the capital city of France."
+      locara run smollm2-135m-instruct "Say hi" --temperature 0 --json
+      echo "Summarise: ..." | locara run
+    """
+    cfg = settings()
+    reference, prompt = _split_args(cfg, args, model)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip() or None
+    if max_tokens is not None and max_tokens <= 0:
+        raise UsageError(
+            f"invalid max_tokens {max_tokens}: must be > 0", "pass --max-tokens 1 or more"
+        )
+    if ctx <= 0:
+        raise UsageError(f"invalid --ctx {ctx}: must be > 0", "pass --ctx 2048, for example")
+    # Validate what the user typed before spending time on loading.
+    given = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+        "seed": seed,
+    }
+    _sampling({}, **given)
+
+    with byte_progress(f"storing {reference}") as progress:
+        resolved = resolve(cfg, reference, progress)
+    sampling = _sampling(dict(resolved.manifest.config.default_params), **given)
+    handle = load(cfg, resolved, LoadOptions(n_ctx=ctx))
+    try:
+        if prompt is None:
+            if as_json:
+                raise UsageError("--json needs a prompt", 'pass one: locara run --json "..."')
+            _interactive(handle, system, sampling, max_tokens, verbose)
+        else:
+            messages = ((Message("system", system),) if system else ()) + (Message("user", prompt),)
+            req = GenerationRequest(messages=messages, max_tokens=max_tokens, sampling=sampling)
+            _answer(handle, req, as_json, verbose)
+    finally:
+        handle.close()
+
+
+def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose: bool) -> str:
+    parts: list[str] = []
+    last: Chunk | None = None
+    for chunk in handle.model.generate(req):
+        parts.append(chunk.text)
+        last = chunk
+        if not as_json and chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+    text = "".join(parts)
+    assert last is not None and last.usage is not None and last.timings is not None
+    usage, timings = last.usage, last.timings
+    pp, tg = timings.rates(usage)
+    res = handle.resolved
+    record_usage(
+        settings(),
+        UsageRecord(
+            model_id=res.manifest.id,
+            sha256=res.blob.sha256,
+            backend=handle.backend,
+            app="cli",
+            surface="cli",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            ttft_s=timings.ttft_s,
+            generation_tps=tg,
+            load_s=handle.load_s,
+            status="ok" if last.finish_reason != "cancelled" else "cancelled",
+        ),
+    )
+    stats = {
+        "load_s": round(handle.load_s, 4),
+        "ttft_s": round(timings.ttft_s, 4),
+        "prompt_s": round(timings.prompt_s, 4),
+        "generation_s": round(timings.generation_s, 4),
+        "prompt_tokens_per_s": round(pp, 2),
+        "generation_tokens_per_s": round(tg, 2),
+    }
+    if as_json:
+        echo_json(
+            {
+                "model": res.manifest.id,
+                "reference": str(res.ref),
+                "sha256": res.blob.sha256,
+                "quant": res.artifact.quant,
+                "backend": handle.backend,
+                "text": text,
+                "finish_reason": last.finish_reason,
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                    "cached_tokens": usage.cached_tokens,
+                },
+                "timings": stats,
+                "n_ctx": handle.model.n_ctx,
+            }
+        )
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if verbose:
+        click.echo(
+            f"load {stats['load_s']:.2f} s · first token {stats['ttft_s']:.3f} s · "
+            f"prompt {usage.prompt_tokens} tok at {pp:.1f} tok/s · "
+            f"generated {usage.completion_tokens} tok at {tg:.1f} tok/s · "
+            f"finish {last.finish_reason}",
+            err=True,
+        )
+    return text
+
+
+_SET_FIELDS = {
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "min_p": float,
+    "repeat_penalty": float,
+    "seed": int,
+}
+
+
+def _interactive(
+    handle: ModelHandle,
+    system: str | None,
+    sampling: Sampling,
+    max_tokens: int | None,
+    verbose: bool,
+) -> None:
+    name = handle.resolved.manifest.id
+    click.echo(f"Chatting with {name}. Type /help for commands, /bye to leave.", err=True)
+    history: list[Message] = []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            click.echo("", err=True)
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            cmd, _, rest = text.partition(" ")
+            if cmd in ("/bye", "/exit", "/quit"):
+                return
+            if cmd == "/clear":
+                history.clear()
+                click.echo("(conversation cleared)", err=True)
+            elif cmd == "/help":
+                click.echo(CHAT_HELP, err=True)
+            elif cmd == "/show":
+                click.echo(
+                    f"model {name}; system {system!r}; max_tokens {max_tokens}; {sampling}",
+                    err=True,
+                )
+            elif cmd == "/set":
+                key, _, value = rest.strip().partition(" ")
+                try:
+                    if key == "system":
+                        system = value.strip() or None
+                        history.clear()
+                    elif key == "max_tokens":
+                        n = int(value)
+                        if n <= 0:
+                            raise ValueError("must be > 0")
+                        max_tokens = n
+                    elif key in _SET_FIELDS:
+                        sampling = replace(sampling, **{key: _SET_FIELDS[key](value)}).validate()
+                    else:
+                        click.echo(f"unknown setting {key!r}; see /help", err=True)
+                        continue
+                    click.echo(f"(set {key})", err=True)
+                except (ValueError, UsageError) as exc:
+                    click.echo(f"error: {exc}", err=True)
+            else:
+                click.echo(f"unknown command {cmd}; see /help", err=True)
+            continue
+        history.append(Message("user", text))
+        messages = ((Message("system", system),) if system else ()) + tuple(history)
+        req = GenerationRequest(messages=messages, max_tokens=max_tokens, sampling=sampling)
+        try:
+            answer = _answer(handle, req, False, verbose)
+        except KeyboardInterrupt:
+            # Ctrl-C stops this answer at once and returns to the prompt.
+            sys.stdout.write("\n")
+            history.pop()
+            continue
+        except LocaraError as exc:
+            # A long conversation can outgrow the context: say so, keep the session.
+            click.echo(render_error(exc), err=True)
+            history.pop()
+            continue
+        history.append(Message("assistant", answer))
