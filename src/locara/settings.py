@@ -15,6 +15,7 @@ from pathlib import Path
 import platformdirs
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 
@@ -34,6 +35,7 @@ class Settings:
     offline: bool = False
     debug: bool = False
     default_model: str = DEFAULT_MODEL
+    default_embedding_model: str = DEFAULT_EMBEDDING_MODEL
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     hf_token: str | None = field(default=None, repr=False)
@@ -55,6 +57,7 @@ class Settings:
             offline=_flag(env, "LOCARA_OFFLINE") or _flag(env, "HF_HUB_OFFLINE"),
             debug=_flag(env, "LOCARA_DEBUG"),
             default_model=env.get("LOCARA_DEFAULT_MODEL", DEFAULT_MODEL),
+            default_embedding_model=env.get("LOCARA_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL),
             host=env.get("LOCARA_HOST", DEFAULT_HOST),
             port=int(port_s) if port_s.isdigit() else DEFAULT_PORT,
             hf_token=env.get("HF_TOKEN") or None,
@@ -82,6 +85,12 @@ class Settings:
     @property
     def usage_db_path(self) -> Path:
         return self.home / "usage.db"
+
+    @property
+    def bench_results_path(self) -> Path:
+        # JSON lines, one benchmark result each (llama-bench field names where they exist);
+        # written by `locara bench`, read by the planner.
+        return self.home / "bench" / "results.jsonl"
 
     @property
     def apps_dir(self) -> Path:
