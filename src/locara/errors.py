@@ -18,7 +18,8 @@ exceptions still catch them sensibly.
     ├── NoFitError(MemoryError)             nothing fits this device (carries reasons)
     ├── BackendUnavailableError(RuntimeError) backend not installed or cannot run here
     ├── UnsupportedFeatureError(ValueError) a backend/model cannot do what was asked
-    └── BackendError(RuntimeError)          a backend failed while loading or generating
+    ├── BackendError(RuntimeError)          a backend failed while loading or generating
+    └── DeviceProfileError(ValueError)      a device profile file that is malformed
 
 Foreign exceptions (llama_cpp, mlx, httpx, sqlite) are translated where they enter
 Locara, with ``raise ... from exc``, so the cause stays visible under LOCARA_DEBUG=1.
@@ -146,3 +147,12 @@ class UnsupportedFeatureError(LocaraError, ValueError):
 
 class BackendError(LocaraError, RuntimeError):
     """A backend failed while loading a model or generating."""
+
+
+class DeviceProfileError(LocaraError, ValueError):
+    """A device profile (DeviceProfile.json) that cannot be read or is malformed."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(
+            message, hint or "write a fresh one with: locara device --json -o DeviceProfile.json"
+        )
