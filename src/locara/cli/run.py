@@ -74,6 +74,9 @@ def _sampling(manifest_defaults: dict[str, float | int], **given: Any) -> Sampli
 @click.option("--ctx", type=int, default=4096, show_default=True, help="Context window (tokens).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer and stats as JSON.")
 @click.option("--verbose", is_flag=True, help="Print speeds and timings on stderr.")
+@click.option(
+    "-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal."
+)
 def run(
     args: tuple[str, ...],
     model: str | None,
@@ -88,6 +91,7 @@ def run(
     ctx: int,
     as_json: bool,
     verbose: bool,
+    interactive: bool,
 ) -> None:
     """Run MODEL on PROMPT and stream the answer; without PROMPT, chat interactively.
 
@@ -96,10 +100,13 @@ def run(
       locara run "Name the capital city of France."
       locara run smollm2-135m-instruct "Say hi" --temperature 0 --json
       echo "Summarise: ..." | locara run
+      locara run -i < chat-script.txt
     """
     cfg = settings()
     reference, prompt = _split_args(cfg, args, model)
-    if prompt is None and not sys.stdin.isatty():
+    if interactive and prompt is not None:
+        raise UsageError("--interactive takes no prompt", "drop the prompt, or drop -i")
+    if prompt is None and not interactive and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip() or None
     if max_tokens is not None and max_tokens <= 0:
         raise UsageError(
