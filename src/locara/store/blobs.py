@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locara.errors import IntegrityError, StoreError
+from locara.errors import IntegrityError, LocaraError, StoreError
 from locara.registry.names import check_filename, check_sha256
 from locara.settings import Settings
 from locara.store.index import StoreIndex
@@ -194,7 +194,7 @@ class BlobStore:
                 raise IntegrityError("sha256 mismatch", sha256, actual)
             return self._place(tmp, target, sha256, n, meta)
         except OSError as exc:
-            if isinstance(exc, StoreError):
+            if isinstance(exc, LocaraError):  # FetchError from the source, IntegrityError
                 raise
             raise StoreError(
                 f"cannot write the model into the store: {exc.strerror or exc}",
