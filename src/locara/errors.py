@@ -156,3 +156,17 @@ class DeviceProfileError(LocaraError, ValueError):
         super().__init__(
             message, hint or "write a fresh one with: locara device --json -o DeviceProfile.json"
         )
+
+
+class ServerBusyError(LocaraError, RuntimeError):
+    """A model's request queue is full; the client should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int, hint: str | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            message, hint or f"retry in {retry_after_s} s, or raise LOCARA_QUEUE_DEPTH"
+        )
+
+
+class AuthError(LocaraError, PermissionError):
+    """A request without a valid API token where one is required."""

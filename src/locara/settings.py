@@ -103,3 +103,16 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def tokens_path(self) -> Path:
+        # API tokens for the server: app names and SHA-256 digests, never the tokens.
+        return self.home / "server" / "tokens.json"
+
+    @property
+    def server_pid_path(self) -> Path:
+        return self.run_dir / "server.json"
+
+    @property
+    def server_log_path(self) -> Path:
+        return self.logs_dir / "server.log"
