@@ -19,7 +19,10 @@ exceptions still catch them sensibly.
     ├── BackendUnavailableError(RuntimeError) backend not installed or cannot run here
     ├── UnsupportedFeatureError(ValueError) a backend/model cannot do what was asked
     ├── BackendError(RuntimeError)          a backend failed while loading or generating
-    └── DeviceProfileError(ValueError)      a device profile file that is malformed
+    ├── DeviceProfileError(ValueError)      a device profile file that is malformed
+    ├── LedgerError(RuntimeError)           usage.db cannot be read (corrupted, locked)
+    ├── ConfigError(ValueError)             a config file under LOCARA_HOME that is malformed
+    └── PinnedModelError(PermissionError)   removing a model an app pins (names the apps)
 
 Foreign exceptions (llama_cpp, mlx, httpx, sqlite) are translated where they enter
 Locara, with ``raise ... from exc``, so the cause stays visible under LOCARA_DEBUG=1.
@@ -170,3 +173,19 @@ class ServerBusyError(LocaraError, RuntimeError):
 
 class AuthError(LocaraError, PermissionError):
     """A request without a valid API token where one is required."""
+
+
+class LedgerError(LocaraError, RuntimeError):
+    """The usage database cannot be read (corrupted, locked); the hint says how to repair."""
+
+
+class ConfigError(LocaraError, ValueError):
+    """A configuration file under LOCARA_HOME (e.g. prices.json) that cannot be used."""
+
+
+class PinnedModelError(LocaraError, PermissionError):
+    """A model that an app pins cannot be removed; ``holders`` names who holds it."""
+
+    def __init__(self, message: str, holders: list[str], hint: str | None = None) -> None:
+        self.holders = holders
+        super().__init__(message, hint)
