@@ -87,6 +87,11 @@ class Settings:
         return self.home / "usage.db"
 
     @property
+    def prices_path(self) -> Path:
+        # Optional; overrides/extends the cloud price table shipped in locara/ledger.
+        return self.home / "prices.json"
+
+    @property
     def bench_results_path(self) -> Path:
         # JSON lines, one benchmark result each (llama-bench field names where they exist);
         # written by `locara bench`, read by the planner.
