@@ -41,8 +41,15 @@ def test_json_output_has_answer_usage_and_timings(cli) -> None:
 
 
 def test_max_tokens_limits_the_answer(cli) -> None:
-    r = cli("run", "Write a long story about a dragon.", "--max-tokens", "5", "--json",
-            "--temperature", "0")
+    r = cli(
+        "run",
+        "Write a long story about a dragon.",
+        "--max-tokens",
+        "5",
+        "--json",
+        "--temperature",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["usage"]["completion_tokens"] == 5
@@ -50,8 +57,17 @@ def test_max_tokens_limits_the_answer(cli) -> None:
 
 
 def test_same_seed_same_answer(cli) -> None:
-    args = ("run", "Tell me a short joke.", "--temperature", "0.9", "--seed", "42",
-            "--max-tokens", "24", "--json")
+    args = (
+        "run",
+        "Tell me a short joke.",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "42",
+        "--max-tokens",
+        "24",
+        "--json",
+    )
     a, b = cli(*args), cli(*args)
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert json.loads(a.stdout)["text"] == json.loads(b.stdout)["text"]
@@ -84,18 +100,23 @@ def test_system_prompt_is_used(cli) -> None:
 
 
 def test_interactive_chat_commands_and_history(cli, tmp_path: Path) -> None:
-    script = "\n".join([
-        "/help",
-        "/set temperature 0",
-        "/set max_tokens 40",
-        "/set top_p 2",  # invalid: reported, session goes on
-        CAPITAL,
-        "/clear",
-        "/set system You are a pirate named Bob.",
-        "What is your name?",
-        "/bye",
-        "this line is never read",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "/help",
+                "/set temperature 0",
+                "/set max_tokens 40",
+                "/set top_p 2",  # invalid: reported, session goes on
+                CAPITAL,
+                "/clear",
+                "/set system You are a pirate named Bob.",
+                "What is your name?",
+                "/bye",
+                "this line is never read",
+            ]
+        )
+        + "\n"
+    )
     r = cli("run", DEFAULT_MODEL, "-i", input=script)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
@@ -187,9 +208,25 @@ def test_ctrl_c_during_generation_exits_130(shared_home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCARA_")}
     env["LOCARA_HOME"] = str(shared_home)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "locara", "run", "Write a very long story about the sea.",
-         "--temperature", "0.8", "--seed", "1", "--max-tokens", "4000", "--ctx", "4096"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        [
+            sys.executable,
+            "-m",
+            "locara",
+            "run",
+            "Write a very long story about the sea.",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "1",
+            "--max-tokens",
+            "4000",
+            "--ctx",
+            "4096",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert proc.stdout is not None
     first = proc.stdout.read(1)  # generation has started
@@ -232,8 +269,14 @@ def test_ls_and_show_after_run(cli) -> None:
     assert row["id"] == DEFAULT_MODEL and row["quant"] == "Q4_1"
     assert row["size_bytes"] == 98_362_432
     assert row["last_used"] is not None
-    assert abs(time.mktime(time.strptime(row["last_used"][:19], "%Y-%m-%dT%H:%M:%S"))
-               - time.timezone - before) < 600
+    assert (
+        abs(
+            time.mktime(time.strptime(row["last_used"][:19], "%Y-%m-%dT%H:%M:%S"))
+            - time.timezone
+            - before
+        )
+        < 600
+    )
     table = cli("ls")
     assert DEFAULT_MODEL in table.stdout and "Q4_1" in table.stdout
 

@@ -8,9 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_MODEL, DEFAULT_SHA, DEFAULT_SIZE
 
 import locara.store.blobs as blobs
+from conftest import DEFAULT_MODEL, DEFAULT_SHA, DEFAULT_SIZE
 from locara.backends.base import LoadOptions
 from locara.engine.loader import load, resolve
 from locara.errors import IntegrityError, ModelFormatError
@@ -19,13 +19,28 @@ from locara.settings import Settings
 
 def _manifest(dir_: Path, model_id: str, source: Path, sha: str, size: int) -> None:
     dir_.mkdir(parents=True, exist_ok=True)
-    (dir_ / f"{model_id}.json").write_text(json.dumps({
-        "id": model_id, "version": "1", "displayName": model_id, "license": "Apache-2.0",
-        "modality": "chat", "context_length": 2048,
-        "artifacts": {"llamacpp": {"format": "gguf", "quant": "Q4_1",
-                                   "url": source.as_uri(), "sha256": sha, "size_bytes": size}},
-        "config": {"stop_tokens": ["<|im_end|>"]},
-    }))
+    (dir_ / f"{model_id}.json").write_text(
+        json.dumps(
+            {
+                "id": model_id,
+                "version": "1",
+                "displayName": model_id,
+                "license": "Apache-2.0",
+                "modality": "chat",
+                "context_length": 2048,
+                "artifacts": {
+                    "llamacpp": {
+                        "format": "gguf",
+                        "quant": "Q4_1",
+                        "url": source.as_uri(),
+                        "sha256": sha,
+                        "size_bytes": size,
+                    }
+                },
+                "config": {"stop_tokens": ["<|im_end|>"]},
+            }
+        )
+    )
 
 
 def test_default_model_is_stored_by_content(settings: Settings) -> None:
@@ -45,7 +60,9 @@ def test_default_model_is_stored_by_content(settings: Settings) -> None:
     assert list(settings.tmp_dir.iterdir()) == []
 
 
-def test_second_resolve_does_not_rehash(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_resolve_does_not_rehash(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     resolve(settings, None)
     calls: list[Path] = []
     real = blobs.hash_file
@@ -100,8 +117,9 @@ def test_gguf_with_wrong_hash_is_refused_and_nothing_stored(
     assert list(s.tmp_dir.iterdir()) == []
 
 
-def test_not_a_gguf_is_refused(settings: Settings, tmp_path: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_a_gguf_is_refused(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = tmp_path / "notes.gguf"
     fake.write_bytes(b"this is plainly a text file, not a model\n" * 100)
     sha, size = blobs.hash_file(fake)
@@ -114,8 +132,9 @@ def test_not_a_gguf_is_refused(settings: Settings, tmp_path: Path,
         load(s, resolved, LoadOptions(n_ctx=256))
 
 
-def test_truncated_gguf_is_refused(settings: Settings, default_gguf: Path, tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_gguf_is_refused(
+    settings: Settings, default_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cut = tmp_path / "cut.gguf"
     with default_gguf.open("rb") as src:
         cut.write_bytes(src.read(DEFAULT_SIZE // 2))
@@ -134,12 +153,26 @@ def test_missing_model_package_names_the_install_command(
 ) -> None:
     reg = tmp_path / "reg"
     reg.mkdir()
-    (reg / "pkg-model.json").write_text(json.dumps({
-        "id": "pkg-model", "version": "1", "displayName": "x", "license": "MIT",
-        "modality": "chat", "context_length": 512,
-        "artifacts": {"llamacpp": {"format": "gguf", "sha256": "1" * 64, "size_bytes": 10,
-                                   "mirrors": ["package://no_such_model_pkg/model.gguf"]}},
-    }))
+    (reg / "pkg-model.json").write_text(
+        json.dumps(
+            {
+                "id": "pkg-model",
+                "version": "1",
+                "displayName": "x",
+                "license": "MIT",
+                "modality": "chat",
+                "context_length": 512,
+                "artifacts": {
+                    "llamacpp": {
+                        "format": "gguf",
+                        "sha256": "1" * 64,
+                        "size_bytes": 10,
+                        "mirrors": ["package://no_such_model_pkg/model.gguf"],
+                    }
+                },
+            }
+        )
+    )
     monkeypatch.setenv("LOCARA_REGISTRY_PATH", str(reg))
     from locara.errors import FetchError
 

@@ -287,12 +287,25 @@ class LlamaCppModel:
             n = self.count_tokens(t)
             if n > self.n_ctx:
                 raise ContextOverflowError(n, 0, self.n_ctx)
+        import numpy as np
+
         with self._lock:
             try:
-                out = self._llm.embed(texts, normalize=True, truncate=False)
+                # One text per call: with per-token output (no pooling) llama-cpp-python
+                # 0.3.36 mis-offsets every sequence after the first in a batch.
+                out = [self._llm.embed([t], normalize=False, truncate=False)[0] for t in texts]
             except (RuntimeError, ValueError) as exc:
                 raise BackendError(f"llama.cpp failed to embed: {exc}") from exc
-        return [list(map(float, v)) for v in out]
+        vectors: list[list[float]] = []
+        for v in out:
+            arr = np.asarray(v, dtype=np.float64)
+            if arr.ndim == 2:
+                # Decoder models have no pooling of their own: llama.cpp returns one
+                # vector per token, and the mean is the sentence embedding.
+                arr = arr.mean(axis=0)
+            norm = float(np.linalg.norm(arr))
+            vectors.append((arr / norm if norm > 0 else arr).tolist())
+        return vectors
 
     def close(self) -> None:
         self._llm.close()
