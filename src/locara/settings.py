@@ -8,6 +8,7 @@ different calls at different homes in one process.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,9 @@ class Settings:
         """Read LOCARA_* (and HF_*) variables now; defaults come from platformdirs."""
         env = os.environ if env is None else env
         home_s = env.get("LOCARA_HOME")
-        home = Path(home_s).expanduser() if home_s else Path(platformdirs.user_cache_dir("locara"))
+        # SPEC §2: ~/Library/Caches/Locara on macOS, $XDG_CACHE_HOME/locara on Linux.
+        app = "Locara" if sys.platform == "darwin" else "locara"
+        home = Path(home_s).expanduser() if home_s else Path(platformdirs.user_cache_dir(app))
         reg = tuple(
             Path(p).expanduser() for p in env.get("LOCARA_REGISTRY_PATH", "").split(":") if p
         )
@@ -96,6 +99,11 @@ class Settings:
         # JSON lines, one benchmark result each (llama-bench field names where they exist);
         # written by `locara bench`, read by the planner.
         return self.home / "bench" / "results.jsonl"
+
+    @property
+    def trusted_keys_dir(self) -> Path:
+        # ed25519 public keys (*.pub); any key here makes manifest signatures mandatory.
+        return self.home / "keys" / "trusted"
 
     @property
     def apps_dir(self) -> Path:
