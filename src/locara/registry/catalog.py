@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -13,20 +14,35 @@ from locara.registry.manifest import ModelManifest
 from locara.registry.names import check_model_id
 from locara.settings import Settings
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 
 def builtin_registry_dir() -> Path:
     """The curated manifests shipped with Locara (``registry/models`` in the source tree)."""
     return Path(__file__).resolve().parent / "models"
 
 
-def load_manifest(path: Path) -> ModelManifest:
-    """Read and validate one manifest file; a bad one is a ManifestError naming the file."""
+def load_manifest(
+    path: Path, trusted_keys: dict[str, Ed25519PublicKey] | None = None
+) -> ModelManifest:
+    """Read and validate one manifest file; a bad one is a ManifestError naming the file.
+
+    With ``trusted_keys`` the file's ed25519 signature is checked first, on the raw
+    JSON, so a changed url or sha256 is refused before any field is used.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(
             f"cannot read manifest {path}: {exc}", "fix or remove the file"
         ) from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {path} is not a JSON object", "fix or remove the file")
+    if trusted_keys:
+        from locara.registry.signing import verify_signature
+
+        verify_signature(data, trusted_keys, str(path))
     try:
         manifest = ModelManifest.model_validate(data)
     except ValidationError as exc:
@@ -48,6 +64,19 @@ class Registry:
 
     def __init__(self, settings: Settings) -> None:
         self.dirs: tuple[Path, ...] = (*settings.registry_paths, builtin_registry_dir())
+        self._keys_dir = settings.trusted_keys_dir
+        self._keys: dict[str, Ed25519PublicKey] | None = None
+
+    def trusted_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The configured trust key set (empty: signatures are not required)."""
+        if self._keys is None:
+            if self._keys_dir.is_dir() and any(self._keys_dir.glob("*.pub")):
+                from locara.registry.signing import load_trusted_keys
+
+                self._keys = load_trusted_keys(self._keys_dir)
+            else:
+                self._keys = {}
+        return self._keys
 
     def ids(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -70,7 +99,7 @@ class Registry:
         path = self.path_of(model_id)
         if path is None:
             raise UnknownModelError(model_id, self.suggest(model_id))
-        return load_manifest(path)
+        return load_manifest(path, self.trusted_keys())
 
     def all(self) -> list[ModelManifest]:
         return [self.get(i) for i in self.ids()]

@@ -8,6 +8,7 @@ a path is validated here, on load, before anything touches the disk.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -20,9 +21,11 @@ ModelId = Annotated[str, AfterValidator(check_model_id)]
 Quant = Annotated[str, AfterValidator(check_quant)]
 
 Modality = Literal["chat", "embedding", "stt", "ocr", "vision"]
-ArtifactFormat = Literal["gguf", "mlx", "safetensors"]
+ArtifactFormat = Literal["gguf", "mlx", "safetensors", "ggml"]
+# Backends an artifact can be declared for; whisper.cpp reads the GGML speech models.
+BACKENDS = ("llamacpp", "mlx", "whispercpp")
 
-_SOURCE_SCHEMES = ("https://", "http://", "hf://", "package://", "file://")
+_SOURCE_SCHEMES = ("https://", "http://", "hf://", "package://", "file://", "derived://")
 
 
 def _check_source(url: str) -> str:
@@ -48,9 +51,34 @@ class ArtifactFile(_Strict):
     size_bytes: int = Field(gt=0)
     role: Literal["model", "part", "mmproj", "config", "tokenizer", "weights", "other"] = "other"
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Where the bytes can come from, in the order to try them."""
+        return ((self.url,) if self.url else ()) + self.mirrors
+
+    @property
+    def extension(self) -> str:
+        """The blob's file extension, from the file name (``model.<ext>`` in the store)."""
+        _, dot, ext = self.name.rpartition(".")
+        return ext.lower() if dot and ext.isalnum() else "bin"
+
+
+def tree_digest(files: list[tuple[str, str]]) -> str:
+    """The digest of a multi-file artifact: SHA-256 of its ``sha256sum``-style listing.
+
+    One line ``<sha256>  <name>`` per file, sorted by name, so the digest names the
+    exact set of files and their contents; apps pin it like a single file's hash.
+    """
+    listing = "".join(f"{sha}  {name}\n" for name, sha in sorted(files))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
 
 class Artifact(_Strict):
-    """A downloadable form of a model for one backend: a single file or a set of files."""
+    """A downloadable form of a model for one backend: a single file or a set of files.
+
+    For a multi-file artifact ``sha256`` is the tree digest of its files (computed
+    when absent, checked when present), so every artifact has one content name.
+    """
 
     format: ArtifactFormat
     quant: Quant | None = None
@@ -60,6 +88,33 @@ class Artifact(_Strict):
     size_bytes: int | None = Field(default=None, gt=0)
     files: tuple[ArtifactFile, ...] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tree_sha(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("files"), list | tuple):
+            return data
+        pairs = [
+            (f.get("name"), f.get("sha256")) if isinstance(f, dict) else (f.name, f.sha256)
+            for f in data["files"]
+            if isinstance(f, dict | ArtifactFile)
+        ]
+        if not pairs or not all(isinstance(n, str) and isinstance(h, str) for n, h in pairs):
+            return data  # field validation reports what is wrong
+        digest = tree_digest([(str(n), str(h)) for n, h in pairs])
+        given = data.get("sha256")
+        if given is not None and given != digest:
+            raise ValueError(
+                f"sha256 of a multi-file artifact must be the tree digest {digest}, not {given}"
+            )
+        sizes = [
+            f.get("size_bytes") if isinstance(f, dict) else f.size_bytes for f in data["files"]
+        ]
+        extra: dict[str, Any] = {"sha256": digest}
+        ints = [n for n in sizes if isinstance(n, int)]
+        if data.get("size_bytes") is None and len(ints) == len(sizes):
+            extra["size_bytes"] = sum(ints)
+        return {**data, **extra}
+
     @model_validator(mode="after")
     def _one_shape(self) -> Artifact:
         if self.files is not None:
@@ -68,9 +123,25 @@ class Artifact(_Strict):
             names = [f.name for f in self.files]
             if len(set(names)) != len(names):
                 raise ValueError("file names in one artifact must be unique")
+            if self.url is not None or self.mirrors:
+                raise ValueError("a multi-file artifact lists url/mirrors per file, not overall")
+            for f in self.files:
+                if f.url is None and not f.mirrors:
+                    raise ValueError(f"file {f.name} needs a url or at least one mirror")
         elif self.url is None and not self.mirrors:
             raise ValueError("a single-file artifact needs a url or at least one mirror")
         return self
+
+    @property
+    def primary_file(self) -> ArtifactFile | None:
+        """The file a backend opens (the model or first part); None for single files."""
+        if self.files is None:
+            return None
+        for role in ("model", "part"):
+            for f in self.files:
+                if f.role == role:
+                    return f
+        return self.files[0]
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -79,7 +150,9 @@ class Artifact(_Strict):
 
     @property
     def extension(self) -> str:
-        return {"gguf": "gguf", "mlx": "mlx", "safetensors": "safetensors"}[self.format]
+        return {"gguf": "gguf", "mlx": "mlx", "safetensors": "safetensors", "ggml": "bin"}[
+            self.format
+        ]
 
 
 class ModelConfig(_Strict):
@@ -115,8 +188,10 @@ class ModelManifest(_Strict):
         if not self.artifacts:
             raise ValueError("a manifest needs at least one artifact")
         for backend in self.artifacts:
-            if backend not in ("llamacpp", "mlx"):
-                raise ValueError(f"unknown backend {backend!r} in artifacts (llamacpp, mlx)")
+            if backend not in BACKENDS:
+                raise ValueError(
+                    f"unknown backend {backend!r} in artifacts ({', '.join(BACKENDS)})"
+                )
         return self
 
     def artifact_list(self, backend: str) -> tuple[Artifact, ...]:
@@ -129,7 +204,24 @@ class ModelManifest(_Strict):
     def all_artifacts(self) -> list[tuple[str, Artifact]]:
         return [(b, a) for b in self.artifacts for a in self.artifact_list(b)]
 
+    def artifact_by_digest(self, sha256: str) -> tuple[str, Artifact] | None:
+        """The (backend, artifact) whose content digest is ``sha256``, if any."""
+        for backend, art in self.all_artifacts():
+            if art.sha256 == sha256:
+                return backend, art
+        return None
+
 
 def manifest_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a model manifest (exported to docs/)."""
-    return ModelManifest.model_json_schema(by_alias=True)
+    """The JSON Schema of a model manifest (exported to docs/manifest.schema.json)."""
+    schema = ModelManifest.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://locara.dev/schemas/manifest.schema.json"
+    return schema
+
+
+if __name__ == "__main__":  # regenerate: python -m locara.registry.manifest > docs/...
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n")

@@ -10,6 +10,7 @@ loser's rename fails because the directory exists, and it discards its own copy.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,22 @@ def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tupl
 
 @dataclass(frozen=True)
 class StoredBlob:
+    """A blob in the store. For a multi-file artifact ``path`` is the file a backend
+    opens (the model or first part) and ``files`` every file of the assembled directory."""
+
     sha256: str
     path: Path
     size_bytes: int
     meta: dict[str, Any]
+    files: tuple[Path, ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def is_tree(self) -> bool:
+        return self.meta.get("kind") == "tree"
 
 
 class BlobStore:
@@ -106,20 +119,32 @@ class BlobStore:
     def find(self, sha256: str) -> StoredBlob | None:
         """The stored blob for ``sha256`` if present (not yet verified), else None."""
         d = self.blob_dir(sha256)
+        # A symlink planted at a blob path could point anywhere: never follow one.
+        if d.is_symlink() or (d / META).is_symlink():
+            return None
         meta = self.read_meta(sha256)
         if meta is None:
             return None
-        name = meta.get("file", "")
         try:
-            path = d / check_filename(str(name))
-        except StoreError:
+            path = d / check_filename(str(meta.get("file", "")))
+            names = [check_filename(str(f["name"])) for f in meta.get("files", [])]
+        except (ValueError, KeyError, TypeError):
             return None
-        except ValueError:
+        files = tuple(d / n for n in names)
+        if any(p.is_symlink() or not p.is_file() for p in (path, *files)):
             return None
-        # A symlink planted at a blob path could point anywhere: never follow one.
-        if d.is_symlink() or path.is_symlink() or not path.is_file():
-            return None
-        return StoredBlob(sha256, path, int(meta.get("size_bytes", -1)), meta)
+        return StoredBlob(sha256, path, int(meta.get("size_bytes", -1)), meta, files)
+
+    def planted_symlink(self, sha256: str) -> Path | None:
+        """A symlink sitting where a blob or one of its files should be, if any."""
+        d = self.blob_dir(sha256)
+        if d.is_symlink():
+            return d
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.is_symlink():
+                    return p
+        return None
 
     def verify(self, sha256: str, deep: bool = False) -> StoredBlob:
         """Return the blob if its bytes are the promised ones; raise IntegrityError if not.
@@ -130,9 +155,19 @@ class BlobStore:
         """
         blob = self.find(sha256)
         if blob is None:
+            planted = self.planted_symlink(sha256)
+            if planted is not None:
+                raise IntegrityError(
+                    f"refusing blob {sha256[:12]}: {planted} is a symlink, not a stored file",
+                    "a regular file",
+                    "a symlink",
+                    hint="remove it with: locara cache verify --repair",
+                )
             raise StoreError(
                 f"blob {sha256} is not in the store", "fetch it with: locara pull MODEL"
             )
+        if blob.is_tree:
+            return self._verify_tree(blob, deep)
         sig = _stat_signature(blob.path)
         if not deep and blob.meta.get("verified") == sig:
             return blob
@@ -147,6 +182,37 @@ class BlobStore:
             )
         self._write_meta(blob.path.parent, {**blob.meta, "verified": sig})
         return StoredBlob(sha256, blob.path, size, {**blob.meta, "verified": sig})
+
+    def _verify_tree(self, blob: StoredBlob, deep: bool) -> StoredBlob:
+        # A tree is only as good as its files: each must verify as its own blob, and
+        # each link in the tree must be that very blob (same inode), not a copy.
+        for entry, link in zip(blob.meta.get("files", []), blob.files, strict=True):
+            part = self.verify(check_sha256(str(entry["sha256"])), deep)
+            if not os.path.samefile(part.path, link):
+                self.remove(blob.sha256)
+                raise IntegrityError(
+                    f"assembled artifact {blob.sha256[:12]}: {link.name} is not its blob",
+                    part.path.name,
+                    link.name,
+                    hint="it was removed; fetch it again with: locara pull MODEL",
+                )
+        return blob
+
+    def refresh_signature(self, sha256: str) -> None:
+        """Record the current stat signature after Locara itself linked the file.
+
+        link(2) changes the inode's ctime, which would otherwise force a full re-hash
+        on the next verify; only call this right after a verify of the same blob.
+        """
+        blob = self.find(sha256)
+        if blob is None or blob.is_tree:
+            return
+        verified = blob.meta.get("verified")
+        sig = _stat_signature(blob.path)
+        if isinstance(verified, dict) and all(
+            verified.get(k) == sig[k] for k in ("size", "mtime_ns", "ino")
+        ):
+            self._write_meta(blob.path.parent, {**blob.meta, "verified": sig})
 
     # -- writing -------------------------------------------------------------------
     def ingest(
@@ -203,16 +269,63 @@ class BlobStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def adopt_verified_file(
-        self, tmp_dir: Path, target: Path, sha256: str, size: int, meta: dict[str, Any]
+    def staging_dir(self, sha256: str) -> Path:
+        """A fresh, unique directory in the store's filesystem to assemble a blob in."""
+        self.ensure_writable()
+        d = self.settings.tmp_dir / f"{sha256[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}.d"
+        d.mkdir()
+        return d
+
+    def place_file(
+        self, path: Path, sha256: str, size: int, ext: str, meta: dict[str, Any]
     ) -> StoredBlob:
-        """Place a file the caller already hashed (e.g. a resumed download) into the store."""
-        return self._place(tmp_dir, target, sha256, size, meta)
+        """Move a file the caller has already hashed and checked into the store.
+
+        ``path`` must be in the store's filesystem (e.g. a finished download in
+        ``tmp_dir``); it is moved, never copied, then made read-only.
+        """
+        check_sha256(sha256)
+        tmp = self.staging_dir(sha256)
+        try:
+            target = tmp / check_filename(f"model.{ext}")
+            os.rename(path, target)
+            return self._place(tmp, target, sha256, size, meta)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def assemble_tree(
+        self, sha256: str, parts: list[tuple[str, StoredBlob]], primary: str, meta: dict[str, Any]
+    ) -> StoredBlob:
+        """Build a multi-file artifact: a directory of hardlinks to its files' blobs.
+
+        The parts keep their own names, so a backend that expects a split GGUF's parts
+        (or a model and its projector) side by side finds them.
+        """
+        check_sha256(sha256)
+        tmp = self.staging_dir(sha256)
+        try:
+            for name, part in parts:
+                os.link(part.path, tmp / check_filename(name))
+                self.refresh_signature(part.sha256)
+            size = sum(p.size_bytes for _, p in parts)
+            files = [{"name": n, "sha256": p.sha256, "size_bytes": p.size_bytes} for n, p in parts]
+            full = {**meta, "kind": "tree", "files": files}
+            return self._place(tmp, tmp / check_filename(primary), sha256, size, full)
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(
+                f"cannot assemble artifact {sha256[:12]}: {exc.strerror or exc}",
+                "check that LOCARA_HOME is on one writable filesystem",
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _place(
         self, tmp: Path, target: Path, sha256: str, size: int, meta: dict[str, Any]
     ) -> StoredBlob:
-        os.chmod(target, READ_ONLY)
+        if meta.get("kind") != "tree":
+            os.chmod(target, READ_ONLY)
         full_meta = {
             **meta,
             "sha256": sha256,
@@ -230,6 +343,11 @@ class BlobStore:
             # Another process placed the same content first (or a stale, broken dir is
             # in the way). Trust the existing one only if it verifies.
             existing = self.find(sha256)
+            if existing is not None:
+                try:
+                    self.verify(sha256, deep=True)
+                except IntegrityError:
+                    existing = None  # verify removed the bad one
             if existing is None:
                 self._remove_dir(final)
                 os.rename(tmp, final)
@@ -266,6 +384,38 @@ class BlobStore:
 
     def touch(self, sha256: str) -> None:
         self.index.touch(sha256)
+
+    # -- in-use leases ---------------------------------------------------------------
+    # A process using a blob (an install in progress, a loaded model) holds a shared
+    # flock on locks/<sha>.use; GC and rm take it exclusively without waiting. The
+    # kernel drops the lock when the process dies, so a crash never pins a blob forever.
+    def _lease_path(self, sha256: str) -> Path:
+        return self.settings.locks_dir / f"{check_sha256(sha256)}.use"
+
+    @contextlib.contextmanager
+    def lease(self, sha256: str) -> Iterator[None]:
+        """Hold ``sha256`` as in use for the duration of the ``with`` block."""
+        self.ensure_writable()
+        fd = os.open(self._lease_path(sha256), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def in_use(self, sha256: str) -> bool:
+        """True while some process holds a lease on ``sha256``."""
+        path = self._lease_path(sha256)
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
 
 def _fsync_dir(d: Path) -> None:

@@ -1,18 +1,195 @@
-"""Make an artifact present in the store: reuse a verified blob or fetch it from a source."""
+"""Make an artifact present in the store: reuse a verified blob or fetch it from a source.
+
+Sources are tried in order (the url, then each mirror). One process per blob downloads
+while the others wait on a file lock and then find the blob stored; the lock only saves
+duplicate downloads. Correctness comes from elsewhere: each process writes its own
+uniquely named partial file, claims an orphaned one by an atomic rename, and nothing
+reaches a content name before its size and SHA-256 are checked.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
-from locara.errors import FetchError, IntegrityError, LocaraError, StoreError
+from locara.errors import FetchError, IntegrityError, LocaraError, OfflineError, StoreError
 from locara.registry.manifest import Artifact, ModelManifest
+from locara.registry.names import check_filename, check_sha256
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, StoredBlob
-from locara.store.sources import iter_source
+from locara.store.http import HttpOptions
+from locara.store.sources import is_local, iter_local
 
 Progress = Callable[[int, int | None], None]  # (bytes just written, total)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def partial_files(settings: Settings, sha256: str) -> list[Path]:
+    """Partial downloads of ``sha256`` left in the store's temp directory."""
+    tmp = settings.tmp_dir
+    return sorted(tmp.glob(f"{check_sha256(sha256)}.*.part")) if tmp.is_dir() else []
+
+
+def _part_owner(path: Path) -> int | None:
+    # <sha>.<pid>-<random>.part
+    middle = path.name.split(".")[1] if path.name.count(".") >= 2 else ""
+    pid = middle.partition("-")[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def claim_partial(settings: Settings, sha256: str) -> Path:
+    """A partial-file path unique to this process, holding the longest orphaned prefix.
+
+    An orphan (its writer is dead) is taken over by rename, which is atomic: if two
+    processes race for it, one wins and the other starts from zero. A partial whose
+    writer is alive is left alone.
+    """
+    mine = settings.tmp_dir / f"{sha256}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
+    orphans = []
+    for p in partial_files(settings, sha256):
+        owner = _part_owner(p)
+        if owner is not None and owner != os.getpid() and _pid_alive(owner):
+            continue
+        with contextlib.suppress(OSError):
+            orphans.append((p.stat().st_size, p))
+    orphans.sort(reverse=True)
+    for i, (_, p) in enumerate(orphans):
+        if i == 0:
+            with contextlib.suppress(OSError):
+                os.rename(p, mine)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return mine
+
+
+def fetch_blob(
+    store: BlobStore,
+    sha256: str,
+    size_bytes: int | None,
+    ext: str,
+    sources: Sequence[str],
+    meta: dict[str, Any],
+    settings: Settings,
+    progress: Progress | None = None,
+    http: HttpOptions | None = None,
+) -> StoredBlob:
+    """The verified blob ``sha256``: from the store, else from the first source that works."""
+    check_sha256(sha256)
+    check_filename(f"model.{ext}")
+    if store.find(sha256) is not None:
+        return store.verify(sha256)
+    store.ensure_writable()
+    network = [s for s in sources if not is_local(s)]
+    if settings.offline and network and not any(is_local(s) for s in sources):
+        raise OfflineError(
+            f"Locara is offline and {meta.get('id') or sha256[:12]} is not cached",
+            "unset LOCARA_OFFLINE to download it, or use a model that is already stored (locara ls)",
+            network[0],
+        )
+    with FileLock(str(settings.locks_dir / f"{sha256}.lock"), timeout=-1):
+        if store.find(sha256) is not None:
+            return store.verify(sha256)
+        blob_meta = {**meta, "sources": list(sources)}
+        tick = (lambda n: progress(n, size_bytes)) if progress else None
+        failures: list[LocaraError] = []
+        for source in sources:
+            try:
+                if is_local(source):
+                    return store.ingest(
+                        iter_local(source), sha256, size_bytes, ext, blob_meta, tick
+                    )
+                if settings.offline:
+                    raise OfflineError(
+                        f"Locara is offline; not fetching {source}", "unset LOCARA_OFFLINE", source
+                    )
+                return _download(
+                    store, sha256, size_bytes, ext, source, blob_meta, settings, tick, http
+                )
+            except (FetchError, IntegrityError) as exc:
+                failures.append(exc)
+    if not failures:
+        raise FetchError(
+            f"{meta.get('id') or sha256[:12]} has no source to fetch from",
+            "add a url or mirror to the manifest",
+        )
+    if len(failures) == 1:
+        raise failures[0]
+    detail = "; ".join(f.message for f in failures)
+    raise FetchError(
+        f"every source for {meta.get('id') or sha256[:12]} failed: {detail}", failures[-1].hint
+    )
+
+
+def _download(
+    store: BlobStore,
+    sha256: str,
+    size_bytes: int | None,
+    ext: str,
+    url: str,
+    meta: dict[str, Any],
+    settings: Settings,
+    progress: Callable[[int], None] | None,
+    http: HttpOptions | None,
+) -> StoredBlob:
+    from locara.store.http import download  # httpx only when a download happens
+
+    part = claim_partial(settings, sha256)
+    try:
+        actual, size = download(url, settings, part, size_bytes, progress, http)
+    except FetchError:
+        # Keep the bytes for a resume, unless there are none worth keeping.
+        with contextlib.suppress(OSError):
+            if part.stat().st_size == 0:
+                part.unlink()
+        raise
+    except (IntegrityError, StoreError, OSError):
+        # Wrong bytes, or a full disk: nothing of this download is kept.
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+    if (size_bytes is not None and size != size_bytes) or actual != sha256:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        if size_bytes is not None and size != size_bytes:
+            raise IntegrityError(
+                f"download of {url} has the wrong size", f"{size_bytes} bytes", f"{size} bytes"
+            )
+        raise IntegrityError(
+            f"download of {url} has the wrong sha256 (deleted)",
+            sha256,
+            actual,
+            hint="the source served different bytes; try again later, or a mirror",
+        )
+    try:
+        return store.place_file(part, sha256, size, ext, meta)
+    finally:
+        with contextlib.suppress(OSError):
+            part.unlink()
+
+
+def _artifact_meta(manifest: ModelManifest, artifact: Artifact) -> dict[str, Any]:
+    return {
+        "id": manifest.id,
+        "version": manifest.version,
+        "quant": artifact.quant,
+        "format": artifact.format,
+    }
 
 
 def ensure_artifact(
@@ -21,45 +198,36 @@ def ensure_artifact(
     artifact: Artifact,
     settings: Settings,
     progress: Progress | None = None,
+    http: HttpOptions | None = None,
 ) -> StoredBlob:
-    """The verified stored blob for ``artifact``, fetching it from its sources if needed."""
-    if artifact.files is not None or artifact.sha256 is None:
-        raise StoreError(
-            f"{manifest.id}: this artifact form is not supported yet",
-            "use a single-file artifact with a sha256",
+    """The verified stored blob for ``artifact``, fetching it from its sources if needed.
+
+    A multi-file artifact fetches each file as its own blob, then assembles the
+    directory of links under the artifact's tree digest; ``path`` of the result is
+    the file a backend opens.
+    """
+    if artifact.sha256 is None:
+        raise FetchError(
+            f"{manifest.id} has no sha256 for this artifact, so it cannot be verified",
+            "add the file's sha256 to the manifest (sha256sum FILE), or choose another quant",
         )
-    sha = artifact.sha256
-    if store.find(sha) is not None:
-        return store.verify(sha)
-    store.ensure_writable()
-    # The lock only saves duplicate downloads; correctness comes from unique temp
-    # files and verification, so a lock that silently fails (NFS) is harmless.
-    with FileLock(str(settings.locks_dir / f"{sha}.lock"), timeout=-1):
-        if store.find(sha) is not None:
-            return store.verify(sha)
-        meta = {
-            "id": manifest.id,
-            "version": manifest.version,
-            "quant": artifact.quant,
-            "format": artifact.format,
-            "sources": list(artifact.sources),
-        }
-        failures: list[LocaraError] = []
-        for source in artifact.sources:
-            try:
-                return store.ingest(
-                    iter_source(source, settings),
-                    sha,
-                    artifact.size_bytes,
-                    artifact.extension,
-                    meta,
-                    (lambda n: progress(n, artifact.size_bytes)) if progress else None,
-                )
-            except (FetchError, IntegrityError) as exc:
-                failures.append(exc)
-        if not failures:
-            raise FetchError(f"{manifest.id} has no source to fetch from", "check the manifest")
-        if len(failures) == 1:
-            raise failures[0]
-        detail = "; ".join(f.message for f in failures)
-        raise FetchError(f"every source for {manifest.id} failed: {detail}", failures[-1].hint)
+    meta = _artifact_meta(manifest, artifact)
+    if artifact.files is None:
+        return fetch_blob(
+            store, artifact.sha256, artifact.size_bytes, artifact.extension,
+            artifact.sources, meta, settings, progress, http,
+        )  # fmt: skip
+    if store.find(artifact.sha256) is not None:
+        return store.verify(artifact.sha256)
+    total = artifact.size_bytes
+    tick: Progress | None = (lambda n, _t: progress(n, total)) if progress else None
+    parts = []
+    for f in artifact.files:
+        part_meta = {**meta, "file_name": f.name, "role": f.role, "part_of": artifact.sha256}
+        blob = fetch_blob(
+            store, f.sha256, f.size_bytes, f.extension, f.sources, part_meta, settings, tick, http
+        )
+        parts.append((f.name, blob))
+    primary = artifact.primary_file
+    assert primary is not None
+    return store.assemble_tree(artifact.sha256, parts, primary.name, meta)

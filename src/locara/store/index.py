@@ -35,7 +35,29 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sha256, holder)
     );
     """,
+    """
+    CREATE TABLE apps (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        source       TEXT NOT NULL,     -- the app directory it was installed from
+        installed_at REAL NOT NULL,
+        link_mode    TEXT NOT NULL      -- hardlink | reflink | copy (worst of its models)
+    );
+    """,
 )
+
+APP_PREFIX = "app:"
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    id: str
+    name: str
+    version: str
+    source: str
+    installed_at: float
+    link_mode: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +167,73 @@ class StoreIndex:
             c.execute("DELETE FROM refs WHERE holder=?", (holder,))
 
     def refs(self, sha256: str) -> list[str]:
+        """Every holder of ``sha256`` ("app:<id>", "pin:<name>"); empty means unreferenced."""
         with self._connect() as c:
             rows = c.execute("SELECT holder FROM refs WHERE sha256=? ORDER BY holder", (sha256,))
             return [r[0] for r in rows.fetchall()]
+
+    def pinned_by_apps(self, sha256: str) -> list[str]:
+        """The ids of the installed apps that pin ``sha256`` (what cleanup shows and keeps)."""
+        return [h[len(APP_PREFIX) :] for h in self.refs(sha256) if h.startswith(APP_PREFIX)]
+
+    def all_refs(self) -> dict[str, list[str]]:
+        with self._connect() as c:
+            rows = c.execute("SELECT sha256, holder FROM refs ORDER BY sha256, holder").fetchall()
+        out: dict[str, list[str]] = {}
+        for sha, holder in rows:
+            out.setdefault(sha, []).append(holder)
+        return out
+
+    def held_by(self, holder: str) -> list[str]:
+        with self._connect() as c:
+            rows = c.execute("SELECT sha256 FROM refs WHERE holder=? ORDER BY sha256", (holder,))
+            return [r[0] for r in rows.fetchall()]
+
+    # -- apps -----------------------------------------------------------------------
+    def record_app(self, app: AppRecord, shas: list[str]) -> None:
+        """Record an installed app and its references in one transaction."""
+        holder = APP_PREFIX + app.id
+        with self._connect() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute(
+                    "INSERT OR REPLACE INTO apps(id, name, version, source, installed_at,"
+                    " link_mode) VALUES (?,?,?,?,?,?)",
+                    (app.id, app.name, app.version, app.source, app.installed_at, app.link_mode),
+                )
+                c.execute("DELETE FROM refs WHERE holder=?", (holder,))
+                for sha in shas:
+                    c.execute(
+                        "INSERT OR IGNORE INTO refs(sha256, holder, created_at) VALUES (?,?,?)",
+                        (sha, holder, app.installed_at),
+                    )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def forget_app(self, app_id: str) -> None:
+        with self._connect() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("DELETE FROM refs WHERE holder=?", (APP_PREFIX + app_id,))
+                c.execute("DELETE FROM apps WHERE id=?", (app_id,))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def apps(self) -> list[AppRecord]:
+        with self._connect() as c:
+            rows = c.execute(
+                "SELECT id, name, version, source, installed_at, link_mode FROM apps ORDER BY id"
+            ).fetchall()
+        return [AppRecord(*r) for r in rows]
+
+    def app(self, app_id: str) -> AppRecord | None:
+        with self._connect() as c:
+            row = c.execute(
+                "SELECT id, name, version, source, installed_at, link_mode FROM apps WHERE id=?",
+                (app_id,),
+            ).fetchone()
+        return AppRecord(*row) if row else None

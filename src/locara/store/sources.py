@@ -1,8 +1,8 @@
 """Where artifact bytes come from: packages and files on this machine, or HTTP.
 
-Every source yields chunks of bytes; the store hashes and verifies them the same way
-whatever their origin, so a model bundled in a Python package goes through exactly
-the code path of a model downloaded from Hugging Face.
+A local source yields chunks of bytes; the store hashes and verifies them the same way
+as a download (store/http.py), so a model bundled in a Python package goes through the
+same checks as a model downloaded from Hugging Face.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from locara.errors import FetchError, OfflineError
+from locara.errors import FetchError
 from locara.registry.names import check_filename
-from locara.settings import Settings
 
 CHUNK = 1 << 20
 
 
 def is_local(url: str) -> bool:
-    return url.startswith(("package://", "file://"))
+    # derived:// artifacts are made on this machine by converting a local one.
+    return url.startswith(("package://", "file://", "derived://"))
 
 
 def local_path(url: str) -> Path:
@@ -46,6 +46,11 @@ def local_path(url: str) -> Path:
 
 
 def iter_local(url: str) -> Iterator[bytes]:
+    if url.startswith("derived://"):
+        from locara.convert.derived import iter_derived  # only when a conversion is due
+
+        yield from iter_derived(url)
+        return
     path = local_path(url)
     try:
         f = path.open("rb")
@@ -56,18 +61,3 @@ def iter_local(url: str) -> Iterator[bytes]:
     with f:
         while chunk := f.read(CHUNK):
             yield chunk
-
-
-def iter_source(url: str, settings: Settings) -> Iterator[bytes]:
-    """Chunks of the bytes at ``url``; network sources refuse at once when offline."""
-    if is_local(url):
-        return iter_local(url)
-    if settings.offline:
-        raise OfflineError(
-            f"Locara is offline and {url} is not cached",
-            "unset LOCARA_OFFLINE to download it, or use a model that is already stored (locara ls)",
-            url,
-        )
-    from locara.store.http import iter_http  # httpx only when a download happens
-
-    return iter_http(url, settings)
