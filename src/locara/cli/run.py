@@ -72,11 +72,10 @@ def _sampling(manifest_defaults: dict[str, float | int], **given: Any) -> Sampli
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible sampling.")
 @click.option("--max-tokens", type=int, default=None, help="Most tokens to generate.")
 @click.option("--ctx", type=int, default=4096, show_default=True, help="Context window (tokens).")
+@click.option("--backend", default=None, help="Backend to run on: llama_cpp (default) or mlx.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer and stats as JSON.")
 @click.option("--verbose", is_flag=True, help="Print speeds and timings on stderr.")
-@click.option(
-    "-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal."
-)
+@click.option("-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal.")
 def run(
     args: tuple[str, ...],
     model: str | None,
@@ -89,6 +88,7 @@ def run(
     seed: int | None,
     max_tokens: int | None,
     ctx: int,
+    backend: str | None,
     as_json: bool,
     verbose: bool,
     interactive: bool,
@@ -124,11 +124,15 @@ def run(
         "seed": seed,
     }
     _sampling({}, **given)
+    if backend is not None:
+        from locara.backends.registry import get_backend
+
+        get_backend(backend)  # unknown or not installed: say so before loading anything
 
     with byte_progress(f"storing {reference}") as progress:
         resolved = resolve(cfg, reference, progress)
     sampling = _sampling(dict(resolved.manifest.config.default_params), **given)
-    handle = load(cfg, resolved, LoadOptions(n_ctx=ctx))
+    handle = load(cfg, resolved, LoadOptions(n_ctx=ctx), backend=backend)
     try:
         if prompt is None:
             if as_json:

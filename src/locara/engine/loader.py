@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from locara.backends.base import LoadedModel, LoadOptions
+from locara.errors import UnsupportedFeatureError
 from locara.registry.catalog import Registry
 from locara.registry.manifest import Artifact, ModelManifest
 from locara.registry.refs import ModelRef, parse_ref
@@ -50,12 +51,31 @@ def resolve(
     return ResolvedModel(ref, manifest, artifact, blob)
 
 
-def load(settings: Settings, resolved: ResolvedModel, opts: LoadOptions) -> ModelHandle:
-    """Load a resolved model with the llama.cpp backend and record that it was used."""
-    from locara.backends.llama_cpp import LlamaCppBackend
+def load(
+    settings: Settings,
+    resolved: ResolvedModel,
+    opts: LoadOptions,
+    backend: str | None = None,
+) -> ModelHandle:
+    """Load a resolved model and record that it was used.
 
+    ``backend`` is a name from ``locara.backends.registry`` ("llama_cpp", "mlx");
+    None means llama.cpp, the default on every platform until the planner says
+    otherwise. A backend that is not installed raises BackendUnavailableError with
+    the install command; one that cannot read the artifact's format is refused.
+    """
+    from locara.backends.registry import canonical_name, get_backend
+
+    name = canonical_name(backend or "llama_cpp")
+    engine = get_backend(name)
+    if resolved.artifact.format not in engine.formats:
+        raise UnsupportedFeatureError(
+            f"the {name} backend cannot load {resolved.artifact.format} artifacts "
+            f"(it reads {', '.join(sorted(engine.formats))})",
+            f"choose another backend, or convert the model: locara convert {resolved.manifest.id}",
+        )
     started = time.perf_counter()
-    model = LlamaCppBackend().load(resolved.blob.path, resolved.manifest, opts)
+    model = engine.load(resolved.blob.path, resolved.manifest, opts)
     load_s = time.perf_counter() - started
     BlobStore(settings).touch(resolved.blob.sha256)
-    return ModelHandle(resolved, model, LlamaCppBackend.name, load_s)
+    return ModelHandle(resolved, model, name, load_s)

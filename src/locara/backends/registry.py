@@ -1,0 +1,65 @@
+"""Backends by name: ``llama_cpp`` and ``mlx``, looked up without importing their engines.
+
+``get_backend(name)`` is what the loader, the CLI's ``--backend`` option and the
+planner call. An unknown name lists the known ones; a known backend whose engine is
+not installed raises ``BackendUnavailableError`` with the install command.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from locara.backends.base import Availability, Backend
+from locara.errors import BackendUnavailableError, UsageError
+
+# name -> (module, class, how to install it). Modules import their engines lazily.
+_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "llama_cpp": ("locara.backends.llama_cpp", "LlamaCppBackend", "./scripts/install.sh"),
+    "mlx": ("locara.backends.mlx", "MlxBackend", "pip install 'locara[mlx]'"),
+}
+# Manifests key artifacts by "llamacpp"; users and the planner may say either.
+_ALIASES = {"llamacpp": "llama_cpp", "llama.cpp": "llama_cpp", "llama-cpp": "llama_cpp"}
+
+BACKEND_NAMES = tuple(_BACKENDS)
+
+
+def canonical_name(name: str) -> str:
+    """``llamacpp``/``llama.cpp`` → ``llama_cpp``; unknown names are a UsageError."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in _BACKENDS:
+        raise UsageError(f"unknown backend {name!r}", f"choose one of: {', '.join(BACKEND_NAMES)}")
+    return key
+
+
+def manifest_key(name: str) -> str:
+    """The key a manifest's ``artifacts`` uses for this backend (``llamacpp``, ``mlx``)."""
+    return "llamacpp" if canonical_name(name) == "llama_cpp" else canonical_name(name)
+
+
+def _instance(name: str) -> Backend:
+    module, cls, _ = _BACKENDS[name]
+    backend: Backend = getattr(importlib.import_module(module), cls)()
+    return backend
+
+
+def availability(name: str) -> Availability:
+    """Whether the backend can run here; never raises for a known name."""
+    return _instance(canonical_name(name)).available()
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, ready to ``load()``; raises if it cannot run here."""
+    key = canonical_name(name)
+    backend = _instance(key)
+    status = backend.available()
+    if not status.ok:
+        raise BackendUnavailableError(
+            f"the {key} backend is not available: {status.reason}",
+            f"install it with: {_BACKENDS[key][2]}",
+        )
+    return backend
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine."""
+    return [n for n in BACKEND_NAMES if _instance(n).available().ok]

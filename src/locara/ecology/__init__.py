@@ -1,0 +1,1 @@
+"""Model ecology: lineage of derived artifacts (and, later, adapters, RAG, policies)."""
