@@ -22,6 +22,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("locara.cli.run", "run", "Run a model: one answer, or an interactive chat."),
     "ls": ("locara.cli.models", "ls", "List models in the store."),
     "show": ("locara.cli.models", "show", "Show a model's manifest and GGUF metadata."),
+    "pull": ("locara.cli.pull", "pull", "Download a model into the store and verify it."),
+    "rm": ("locara.cli.pull", "rm", "Remove a model's blobs from the store."),
+    "cache": ("locara.cli.cache", "cache", "Store upkeep: ls, verify [--deep], gc, import."),
+    "app": ("locara.cli.app", "app", "Apps: install, uninstall, verify, ls."),
+    "search": ("locara.cli.search", "search", "Search Hugging Face for GGUF/MLX models."),
+    "serve": ("locara.cli.serve", "serve", "Run the OpenAI/Ollama-compatible server (foreground)."),
+    "start": ("locara.cli.serve", "start", "Start the server in the background."),
+    "stop": ("locara.cli.serve", "stop", "Stop the background server."),
+    "status": ("locara.cli.serve", "status", "Server status: pid, address, uptime, models."),
+    "token": ("locara.cli.token", "token", "Manage per-app API tokens for the server."),
+    "usage": (
+        "locara.cli.usage",
+        "usage",
+        "Usage per model from the ledger, and cloud cost saved.",
+    ),
+    "cleanup": (
+        "locara.cli.cleanup",
+        "cleanup",
+        "Stored models: size, last use, status; remove stale ones.",
+    ),
+    "bench": (
+        "locara.cli.bench",
+        "bench",
+        "Benchmark stored models: tok/s, first token, load, memory.",
+    ),
 }
 
 

@@ -1,20 +1,28 @@
 """The usage ledger: one record per request, from the CLI and the server.
 
-``record_usage`` must never block or fail a request: any error is logged and dropped.
+``record_usage`` must never block or fail a request. It writes one row to
+``usage.db`` (see ``locara.ledger.db``); when the database is locked, corrupted or
+unwritable the row is spooled beside it and a warning is logged once per process,
+and the next write or report drains the spool. Nothing it does can raise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from locara.settings import Settings
 
 log = logging.getLogger("locara.usage")
 
 Status = Literal["ok", "error", "cancelled"]
+
+# (database path, reason kind) pairs already warned about: a server with a broken
+# usage.db warns once, not once per request.
+_warned: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,64 @@ class UsageRecord:
     status: Status = "ok"
     error: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # When the request finished (unix time); None means "now", when it is recorded.
+    timestamp: float | None = None
+
+
+def _row(rec: UsageRecord) -> dict[str, Any]:
+    from locara.ledger.db import new_row_id
+
+    def num(v: float | None) -> float | None:
+        # NaN/inf would poison averages; a missing measurement is NULL.
+        return float(v) if v is not None and v == v and abs(v) != float("inf") else None
+
+    return {
+        "id": new_row_id(),
+        "ts": rec.timestamp if rec.timestamp is not None else time.time(),
+        "app": rec.app,
+        "surface": rec.surface,
+        "model_id": rec.model_id,
+        "sha256": rec.sha256,
+        "backend": rec.backend,
+        "prompt_tokens": int(rec.prompt_tokens),
+        "completion_tokens": int(rec.completion_tokens),
+        "ttft_s": num(rec.ttft_s),
+        "generation_tps": num(rec.generation_tps),
+        "load_s": num(rec.load_s),
+        "status": rec.status,
+        "error": rec.error,
+        "extra": dict(rec.extra),
+    }
 
 
 def record_usage(settings: Settings, rec: UsageRecord) -> None:
-    """Hand one record to the ledger. Until the SQLite ledger lands, it is logged."""
-    with contextlib.suppress(Exception):  # logging must never break a request
-        log.info("usage %s", asdict(rec))
+    """Write one request to the ledger. Never raises; trouble becomes one warning."""
+    try:
+        from locara.ledger.db import UsageDB
+
+        db = UsageDB(settings.usage_db_path)
+        outcome = db.write(_row(rec))
+        if not outcome.stored:
+            _warn_once(
+                str(db.path),
+                outcome.reason.split(" ", 1)[0],
+                f"warning: usage database {db.path} is {outcome.reason}; this request was "
+                f"queued in {db.spool.name} and will be added when it is readable again "
+                "(repair with: locara usage --repair)",
+            )
+    except Exception as exc:  # the ledger must never break a request
+        _warn_once(
+            str(settings.usage_db_path),
+            "lost",
+            f"warning: could not record usage in {settings.usage_db_path}: {exc} "
+            "(check that LOCARA_HOME is writable)",
+        )
+
+
+def _warn_once(path: str, kind: str, message: str) -> None:
+    with contextlib.suppress(Exception):  # not even logging may break a request
+        if (path, kind) in _warned:
+            log.debug("%s", message)
+            return
+        _warned.add((path, kind))
+        log.warning("%s", message)

@@ -1,0 +1,359 @@
+"""``usage.db``: one row per request, in SQLite (WAL) with numbered migrations.
+
+Writing a row must never make a request wait or fail. A write gets a short busy
+timeout; when the database is locked, corrupted or unwritable the row goes to a
+spool file beside it (``usage-pending.jsonl``, one JSON object a line, appended under
+an ``flock``) and a warning is logged. The next write or report that reaches the
+database drains the spool into it. Every row carries a random id and is inserted
+with ``INSERT OR IGNORE``, so a spool replayed twice (a crash between insert and
+truncate) never counts a request twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from locara.errors import LedgerError
+
+# A writer waits at most this long for the write lock before it spools its row instead.
+# WAL inserts take well under a millisecond, so only a real stall (a long reader-writer,
+# a stuck process holding a lock) ever reaches it.
+WRITE_BUSY_MS = 2000
+# Reports may wait longer: nobody's request is waiting on them.
+READ_BUSY_MS = 10000
+
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "ts",
+    "app",
+    "surface",
+    "model_id",
+    "sha256",
+    "backend",
+    "prompt_tokens",
+    "completion_tokens",
+    "ttft_s",
+    "generation_tps",
+    "load_s",
+    "status",
+    "error",
+    "extra",
+)
+
+# Numbered migrations; PRAGMA user_version says how many have run. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE requests (
+        id                TEXT PRIMARY KEY,   -- random, so a replayed spool row is ignored
+        ts                REAL NOT NULL,      -- unix time (UTC) the request finished
+        app               TEXT NOT NULL,      -- "cli", or the app of the API token
+        surface           TEXT NOT NULL,      -- "cli", "openai", "ollama"
+        model_id          TEXT NOT NULL,
+        sha256            TEXT,
+        backend           TEXT NOT NULL,
+        prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        ttft_s            REAL,
+        generation_tps    REAL,
+        load_s            REAL,
+        status            TEXT NOT NULL,      -- ok | error | cancelled
+        error             TEXT,
+        extra             TEXT                -- JSON object
+    );
+    CREATE INDEX requests_ts ON requests(ts);
+    CREATE INDEX requests_model_ts ON requests(model_id, ts);
+    CREATE INDEX requests_sha_ts ON requests(sha256, ts);
+    """,
+)
+
+
+def new_row_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What happened to one row: stored in the database, or spooled (with the reason)."""
+
+    stored: bool
+    reason: str = ""
+
+
+def spool_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.stem + "-pending.jsonl")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return f"corrupted ({text})"
+    if "locked" in text or "busy" in text:
+        return f"locked ({text})"
+    return text
+
+
+class UsageDB:
+    """The ledger database at ``path``; one short connection per operation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.spool = spool_path(path)
+
+    # -- connections ---------------------------------------------------------------
+    @contextmanager
+    def _connect(self, busy_ms: int) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=busy_ms / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across application crashes in WAL mode, and avoids an
+            # fsync per request; a power cut may lose the last few rows, never corrupt.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version >= len(MIGRATIONS):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: 32 fresh processes race to migrate.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+                for stmt in sql.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={i}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- writing -------------------------------------------------------------------
+    def write(self, row: dict[str, Any]) -> WriteOutcome:
+        """Insert ``row``; on any database trouble append it to the spool instead.
+
+        Raises only if the spool cannot be written either (the caller logs and drops).
+        """
+        try:
+            with self._connect(WRITE_BUSY_MS) as conn:
+                _insert(conn, [row])
+                self._drain_into(conn, blocking=False)
+            return WriteOutcome(True)
+        except (sqlite3.Error, OSError) as exc:
+            self._append_spool(row)
+            return WriteOutcome(False, _describe(exc))
+
+    def _append_spool(self, row: dict[str, Any]) -> None:
+        line = (json.dumps(row, separators=(",", ":"), default=str) + "\n").encode()
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def pending(self) -> int:
+        """How many rows wait in the spool (0 when there is none)."""
+        try:
+            with self.spool.open("rb") as f:
+                return sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            return 0
+
+    def _drain_into(self, conn: sqlite3.Connection, blocking: bool) -> int:
+        """Move spooled rows into the database; the spool is emptied only after commit."""
+        try:
+            if self.spool.stat().st_size == 0:
+                return 0
+        except FileNotFoundError:
+            return 0
+        with self.spool.open("r+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return 0  # someone else is appending or draining; they will finish it
+            rows = list(_read_spool(f))
+            if rows:
+                _insert(conn, rows)
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return len(rows)
+
+    # -- reading -------------------------------------------------------------------
+    def rows(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        model: str | None = None,
+        app: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows matching the filters, oldest first; spooled rows are drained in first.
+
+        A corrupted, locked or unreadable database raises LedgerError with the repair
+        command in its hint.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (
+            ("ts >= ?", since),
+            ("ts < ?", until),
+            ("model_id = ?", model),
+            ("app = ?", app),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, id"
+        try:
+            with self._connect(READ_BUSY_MS) as conn:
+                self._drain_into(conn, blocking=True)
+                fetched = conn.execute(sql, args).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error(exc) from exc
+        return [_row_dict(r) for r in fetched]
+
+    def last_used_by_sha(self) -> dict[str, float]:
+        """The latest request time per blob sha256 (for cleanup); {} if unreadable."""
+        if not self.path.exists():
+            return {}
+        try:
+            with self._connect(READ_BUSY_MS) as conn:
+                found = conn.execute(
+                    "SELECT sha256, max(ts) FROM requests WHERE sha256 IS NOT NULL GROUP BY sha256"
+                ).fetchall()
+        except (sqlite3.Error, OSError):
+            return {}
+        return {str(sha): float(ts) for sha, ts in found}
+
+    def _error(self, exc: BaseException) -> LedgerError:
+        why = _describe(exc)
+        if why.startswith("locked"):
+            return LedgerError(
+                f"usage database {self.path} is {why}",
+                "another process holds it; retry in a moment (requests keep working and are "
+                "queued in " + self.spool.name + ")",
+            )
+        return LedgerError(
+            f"cannot read the usage database {self.path}: {why}",
+            "repair it with: locara usage --repair  (keeps every readable row and "
+            "moves the damaged file aside)",
+        )
+
+    # -- repair --------------------------------------------------------------------
+    def repair(self) -> tuple[Path | None, int, int]:
+        """Move a damaged database aside, rebuild it from its readable rows and the spool.
+
+        Returns (where the old file went, rows salvaged from it, rows taken from the
+        spool). A healthy database is left in place and only the spool is drained.
+        """
+        try:
+            with self._connect(READ_BUSY_MS) as conn:
+                conn.execute("PRAGMA quick_check").fetchall()
+                drained = self._drain_into(conn, blocking=True)
+            return None, 0, drained
+        except sqlite3.DatabaseError:
+            pass
+        salvaged = _salvage(self.path)
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        with self._connect(READ_BUSY_MS) as conn:
+            if salvaged:
+                _insert(conn, salvaged)
+            drained = self._drain_into(conn, blocking=True)
+        return aside, len(salvaged), drained
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    placeholders = ",".join("?" for _ in COLUMNS)
+    values = []
+    for row in rows:
+        extra = row.get("extra")
+        values.append(
+            tuple(
+                json.dumps(extra) if c == "extra" and extra is not None else row.get(c)
+                for c in COLUMNS
+            )
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(
+            f"INSERT OR IGNORE INTO requests({', '.join(COLUMNS)}) VALUES ({placeholders})",
+            values,
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _read_spool(f: IO[bytes]) -> Iterator[dict[str, Any]]:
+    f.seek(0)
+    for raw in f:
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue  # a torn last line from a crash mid-append: nothing to recover
+        if isinstance(row, dict) and row.get("id") and row.get("model_id"):
+            yield row
+
+
+def _row_dict(r: Sequence[Any]) -> dict[str, Any]:
+    row = dict(zip(COLUMNS, r, strict=True))
+    try:
+        row["extra"] = json.loads(row["extra"]) if row["extra"] else {}
+    except ValueError:
+        row["extra"] = {}
+    return row
+
+
+def _salvage(path: Path) -> list[dict[str, Any]]:
+    """Whatever rows a damaged database still gives up, read one at a time."""
+    out: list[dict[str, Any]] = []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+    except sqlite3.Error:
+        return out
+    try:
+        cur = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM requests")
+        while True:
+            try:
+                r = cur.fetchone()
+            except sqlite3.Error:
+                break
+            if r is None:
+                break
+            out.append(_row_dict(r))
+    except sqlite3.Error:
+        pass
+    finally:
+        conn.close()
+    return out
