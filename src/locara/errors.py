@@ -22,7 +22,9 @@ exceptions still catch them sensibly.
     ├── DeviceProfileError(ValueError)      a device profile file that is malformed
     ├── LedgerError(RuntimeError)           usage.db cannot be read (corrupted, locked)
     ├── ConfigError(ValueError)             a config file under LOCARA_HOME that is malformed
-    └── PinnedModelError(PermissionError)   removing a model an app pins (names the apps)
+    ├── PinnedModelError(PermissionError)   removing a model an app pins (names the apps)
+    ├── LicenseNotAcceptedError(PermissionError) an app's model license was not accepted
+    └── UnknownAppError(KeyError)           no installed app with that id
 
 Foreign exceptions (llama_cpp, mlx, httpx, sqlite) are translated where they enter
 Locara, with ``raise ... from exc``, so the cause stays visible under LOCARA_DEBUG=1.
@@ -189,3 +191,14 @@ class PinnedModelError(LocaraError, PermissionError):
     def __init__(self, message: str, holders: list[str], hint: str | None = None) -> None:
         self.holders = holders
         super().__init__(message, hint)
+
+
+class LicenseNotAcceptedError(LocaraError, PermissionError):
+    """An app uses a model under a non-permissive license and nobody accepted it."""
+
+
+class UnknownAppError(LocaraError, KeyError):
+    """No installed app with this id."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
