@@ -68,7 +68,7 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None  # {} means "any JSON object"
-    logprobs: int | None = None
+    logprobs: int | None = None  # None: off; N >= 0: each token's logprob and N alternatives
 
     def validate(self) -> GenerationRequest:
         if (self.prompt is None) == (not self.messages):
@@ -76,6 +76,10 @@ class GenerationRequest:
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UsageError(
                 f"invalid max_tokens {self.max_tokens}: must be > 0", "pass --max-tokens 1 or more"
+            )
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise UsageError(
+                f"invalid top_logprobs {self.logprobs}: must be in 0..20", "pass 0 to 20"
             )
         self.sampling.validate()
         return self
@@ -110,6 +114,15 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the ``top`` alternatives when asked for."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One piece of a streamed answer; counts are cumulative so far."""
 
@@ -121,6 +134,8 @@ class Chunk:
     usage: Usage | None = None
     timings: Timings | None = None
     logprob: float | None = None
+    # Per token since the previous chunk, when the request set ``logprobs``.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

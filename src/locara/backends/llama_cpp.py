@@ -26,6 +26,7 @@ from locara.backends.base import (
     GenerationRequest,
     LoadOptions,
     Timings,
+    TokenLogprob,
     Usage,
 )
 from locara.backends.chat_template import render_chat
@@ -129,7 +130,7 @@ class LlamaCppModel:
             embed=opts.embedding,
             json_schema=True,
             tools=False,
-            logprobs=False,
+            logprobs=True,
         )
         self._lock = threading.Lock()
         self._stop_ids = self._single_token_ids(manifest.config.stop_tokens)
@@ -210,6 +211,7 @@ class LlamaCppModel:
         first_at: float | None = None
         n_out = 0
         finish: FinishReason = "length"
+        pending: list[TokenLogprob] = []
         gen = llm.generate(
             tokens,
             top_k=s.top_k,
@@ -229,9 +231,12 @@ class LlamaCppModel:
                     break
                 n_out += 1
                 piece = decoder.decode(bytes(llm.detokenize([tok], special=False)))
+                if req.logprobs is not None:
+                    pending.append(self._logprob(tok, req.logprobs))
                 emit, hit = scanner.feed(piece)
                 if emit:
-                    yield Chunk(emit, n_out, len(tokens), now - started)
+                    yield Chunk(emit, n_out, len(tokens), now - started, logprobs=tuple(pending))
+                    pending = []
                 if hit:
                     finish = "stop"
                     break
@@ -251,7 +256,32 @@ class LlamaCppModel:
         timings = Timings(
             prompt_s=first_at - started, generation_s=end - first_at, ttft_s=first_at - started
         )
-        yield Chunk(tail, n_out, len(tokens), end - started, finish, usage, timings)
+        yield Chunk(
+            tail, n_out, len(tokens), end - started, finish, usage, timings, logprobs=tuple(pending)
+        )
+
+    def _logprob(self, tok: int, top: int) -> TokenLogprob:
+        # The logits the token was just sampled from are still the context's last row
+        # (Llama.generate evaluates the next token only when asked for it).
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        n_vocab = int(llm.n_vocab())
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+
+        def text(t: int) -> str:
+            return bytes(llm.detokenize([t], special=False)).decode("utf-8", "replace")
+
+        alts: tuple[tuple[str, float], ...] = ()
+        if top > 0:
+            idx = np.argpartition(-logits, top)[:top]
+            idx = idx[np.argsort(-logits[idx])]
+            alts = tuple((text(int(i)), float(logits[i]) - lse) for i in idx)
+        return TokenLogprob(text(tok), float(logits[tok]) - lse, alts)
 
     def _reusable_prefix(self, tokens: list[int]) -> int:
         # Mirrors Llama.generate's prefix reuse so usage can report cached tokens.

@@ -1,0 +1,255 @@
+"""``locara serve`` (foreground) and ``locara start|stop|status`` (background).
+
+The background server is the same ``locara serve`` process, detached, with its
+output in ``$LOCARA_HOME/logs/server.log``. A state file (``run/server.json``: pid,
+address, start time) is written by the serving process itself and removed when it
+exits, so ``status`` and ``stop`` always talk about a process that really ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from locara.cli.common import echo_json, human_size, settings
+from locara.errors import UsageError
+from locara.settings import Settings
+
+
+def _read_state(cfg: Settings) -> dict[str, Any] | None:
+    try:
+        data = json.loads(cfg.server_pid_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running(cfg: Settings) -> dict[str, Any] | None:
+    state = _read_state(cfg)
+    if state is None:
+        return None
+    if not _alive(int(state.get("pid", -1))):
+        with contextlib.suppress(OSError):
+            cfg.server_pid_path.unlink()  # a stale file from a crashed server
+        return None
+    return state
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def run_server(cfg: Settings, host: str, port: int) -> None:
+    """Serve in this process until interrupted."""
+    import logging
+
+    import uvicorn
+
+    from locara.server.app import create_app
+    from locara.server.config import ServerConfig
+    from locara.server.tokens import TokenStore
+
+    config = ServerConfig.from_env(host, port)
+    if not config.loopback and not TokenStore(cfg).records():
+        raise UsageError(
+            f"refusing to listen on {host} without API tokens: anyone on the network could "
+            "use this machine's models",
+            "create a token first (locara token create --app NAME), or bind 127.0.0.1",
+        )
+    running = _running(cfg)
+    if running is not None and running.get("pid") != os.getpid():
+        raise UsageError(
+            f"a Locara server is already running (pid {running['pid']}, {running.get('address')})",
+            "stop it with: locara stop",
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(cfg, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+    )
+    state = {
+        "pid": os.getpid(),
+        "host": host,
+        "port": port,
+        "address": f"http://{host}:{port}",
+        "started_at": time.time(),
+        "log": str(cfg.server_log_path),
+    }
+    cfg.server_pid_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.server_pid_path.write_text(json.dumps(state), encoding="utf-8")
+    try:
+        server.run()
+    finally:
+        if (_read_state(cfg) or {}).get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
+                cfg.server_pid_path.unlink()
+    if not server.started:
+        raise UsageError(
+            f"the server could not start on {host}:{port} (is the port in use?)",
+            "pick another port with --port, or stop the other server",
+        )
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1, LOCARA_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default 11435, LOCARA_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the OpenAI- and Ollama-compatible server in the foreground.
+
+    \b
+    Examples:
+      locara serve
+      LOCARA_KEEP_ALIVE=60 locara serve --port 8080
+    """
+    cfg = settings()
+    run_server(cfg, host or cfg.host, port or cfg.port)
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 11435).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait until it answers.",
+)
+def start(host: str | None, port: int | None, wait_s: float) -> None:
+    """Start the server in the background (log in LOCARA_HOME/logs/server.log)."""
+    import httpx
+
+    cfg = settings()
+    host = host or cfg.host
+    port = port or cfg.port
+    running = _running(cfg)
+    if running is not None:
+        click.echo(f"already running: pid {running['pid']} at {running['address']}")
+        return
+    cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path: Path = cfg.server_log_path
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "locara", "serve", "--host", host, "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the terminal that started it
+        )
+    url = f"http://{_client_host(host)}:{port}/health"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
+            raise UsageError(
+                "the server exited while starting:\n  " + "\n  ".join(tail),
+                f"see {log_path}",
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                click.echo(f"started: pid {proc.pid} at http://{host}:{port} (log {log_path})")
+                return
+        time.sleep(0.2)
+    raise UsageError(f"the server did not answer within {wait_s:.0f} s", f"see {log_path}")
+
+
+@click.command()
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait before killing it.",
+)
+def stop(timeout_s: float) -> None:
+    """Stop the background server."""
+    cfg = settings()
+    state = _running(cfg)
+    if state is None:
+        click.echo("not running")
+        return
+    pid = int(state["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        click.echo(f"killed pid {pid} (it did not stop within {timeout_s:.0f} s)")
+    else:
+        click.echo(f"stopped pid {pid}")
+    with contextlib.suppress(OSError):
+        cfg.server_pid_path.unlink()
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Show whether the server runs: pid, address, uptime, loaded models, requests."""
+    import httpx
+
+    cfg = settings()
+    state = _running(cfg)
+    if state is None:
+        if as_json:
+            echo_json({"running": False})
+        else:
+            click.echo("not running (start it with: locara start)")
+        return
+    info: dict[str, Any] = {"running": True, **state, "uptime_s": time.time() - state["started_at"]}
+    url = f"http://{_client_host(str(state['host']))}:{state['port']}/api/status"
+    try:
+        live = httpx.get(url, timeout=3.0).json()
+        info["requests"] = live.get("requests")
+        info["loaded"] = live.get("loaded", [])
+    except (httpx.HTTPError, ValueError) as exc:
+        info["error"] = f"the server did not answer: {exc}"
+    if as_json:
+        echo_json(info)
+        return
+    up = int(info["uptime_s"])
+    click.echo(f"running: pid {info['pid']} at {info['address']}")
+    click.echo(f"  uptime    {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s")
+    if "error" in info:
+        click.echo(f"  {info['error']}")
+        return
+    click.echo(f"  requests  {info['requests']}")
+    loaded = info["loaded"]
+    if not loaded:
+        click.echo("  loaded    (none)")
+    for m in loaded:
+        mode = "embedding" if m["embedding"] else "generation"
+        click.echo(
+            f"  loaded    {m['model']} ({mode}, ctx {m['n_ctx']}, "
+            f"~{human_size(m['estimated_bytes'])}, {m['in_flight']} in flight)"
+        )

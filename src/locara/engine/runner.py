@@ -1,0 +1,120 @@
+"""Run a blocking generation in its own thread and read it from asyncio, cancellably.
+
+Backends decode in C with the GIL released, so each running request gets a thread
+of its own (not a small shared executor: a request waiting for a busy model must not
+hold up a request to another one). The thread checks a cancel flag after every
+chunk; when it is set (the client went away) the thread closes the backend's
+iterator, which stops decoding before the next token and releases the model.
+``on_done`` runs in the thread after the backend has let go of the model, so a
+lease released there is never released while the model is still decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+Outcome = Literal["ok", "error", "cancelled"]
+
+
+@dataclass
+class RunResult(Generic[T]):
+    """How a run ended: the last item seen, the error if any."""
+
+    outcome: Outcome = "ok"
+    last: T | None = None
+    error: BaseException | None = None
+    items: int = 0
+
+
+_DONE = object()
+
+
+class ThreadedRun(Generic[T]):
+    """An async iterator over ``make_iter()``'s items, produced in a dedicated thread."""
+
+    def __init__(
+        self,
+        make_iter: Callable[[], Iterator[T]],
+        on_done: Callable[[RunResult[T]], None] | None = None,
+        name: str = "locara-run",
+        is_last: Callable[[T], bool] | None = None,
+    ) -> None:
+        self._make_iter = make_iter
+        self._is_last = is_last
+        self._on_done = on_done
+        self._name = name
+        self._cancel = threading.Event()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.result: RunResult[T] = RunResult()
+
+    def start(self) -> ThreadedRun[T]:
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._work, name=self._name, daemon=True).start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the thread to stop before its next item."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def _put(self, item: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self._cancel.set()
+
+    def _work(self) -> None:
+        result = self.result
+        it: Iterator[T] | None = None
+        try:
+            if self._cancel.is_set():
+                result.outcome = "cancelled"
+                return
+            it = self._make_iter()
+            for item in it:
+                result.last = item
+                result.items += 1
+                self._put(item)
+                if self._is_last is not None and self._is_last(item):
+                    break  # complete: a cancel from now on is a client closing a finished stream
+                if self._cancel.is_set():
+                    result.outcome = "cancelled"
+                    break
+        except BaseException as exc:  # handed to the reader, which re-raises it
+            result.outcome = "cancelled" if self._cancel.is_set() else "error"
+            result.error = exc
+            self._put(exc)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                try:
+                    close()  # stops the backend's loop and releases its model lock
+                except Exception as exc:
+                    result.error = result.error or exc
+            try:
+                if self._on_done is not None:
+                    self._on_done(result)
+            finally:
+                self._put(_DONE)
+
+    def __aiter__(self) -> ThreadedRun[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self._queue.get()
+        if item is _DONE:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]

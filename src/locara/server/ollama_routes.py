@@ -1,0 +1,546 @@
+"""The Ollama-compatible API: chat, generate, embed, tags, ps, show, pull, delete, version.
+
+Streaming is NDJSON (one JSON object per line), on by default as in Ollama. Durations
+are nanoseconds. Model names may carry Ollama's ``:latest`` tag, which means "the
+default artifact"; any other tag is a Locara quant (``smollm2-135m-instruct:Q8_0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from locara import __version__
+from locara.backends.base import Chunk, GenerationRequest, Message
+from locara.engine.loader import resolve
+from locara.engine.pool import Lease, LoadedInfo
+from locara.errors import LocaraError, UnknownModelError, UsageError
+from locara.registry.catalog import Registry
+from locara.registry.manifest import ModelManifest
+from locara.registry.refs import parse_ref
+from locara.server.common import (
+    app_name,
+    check_sampling,
+    parse_keep_alive,
+    sampling_from,
+    service,
+    to_messages,
+)
+from locara.server.errors import HTTPError, error_body
+from locara.server.ollama_schema import (
+    ChatRequest,
+    DeleteRequest,
+    EmbedRequest,
+    Format,
+    GenerateRequest,
+    LegacyEmbeddingsRequest,
+    Options,
+    PullRequest,
+    ShowRequest,
+)
+from locara.server.openai_routes import embedding_inputs
+from locara.server.service import Caller
+from locara.server.streaming import CancellableStream, ndjson
+from locara.store.blobs import BlobStore
+
+router = APIRouter(tags=["ollama"])
+
+NS = 1_000_000_000
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _reference(name: str | None, required: bool = False) -> str | None:
+    if not name:
+        if required:
+            raise UsageError("model is required", 'pass "model": "<name>" (see GET /api/tags)')
+        return None
+    return name[: -len(":latest")] if name.endswith(":latest") else name
+
+
+def _schema(fmt: Format) -> dict[str, Any] | None:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return {}
+    assert isinstance(fmt, dict)
+    return fmt
+
+
+def _check_options(opts: Options | None) -> Options:
+    opts = opts or Options()
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(opts, name):
+            raise UsageError(f"option {name} is not supported", "omit it, or use repeat_penalty")
+    check_sampling(
+        temperature=opts.temperature,
+        top_p=opts.top_p or None,
+        top_k=opts.top_k,
+        min_p=opts.min_p,
+        repeat_penalty=opts.repeat_penalty or None,
+        seed=opts.seed,
+    )
+    return opts
+
+
+def _max_tokens(opts: Options) -> int | None:
+    # Ollama: -1 is "until done", -2 is "fill the context"; both mean no limit here.
+    n = opts.num_predict
+    if n is None or n < 0:
+        return None
+    if n == 0:
+        raise UsageError("num_predict 0 generates nothing", "pass num_predict >= 1, or -1")
+    return n
+
+
+def _request(
+    lease: Lease,
+    opts: Options,
+    max_tokens: int | None,
+    fmt: Format,
+    messages: tuple[Message, ...] = (),
+    prompt: str | None = None,
+) -> GenerationRequest:
+    sampling = sampling_from(
+        lease.handle.resolved.manifest,
+        temperature=opts.temperature,
+        top_p=opts.top_p or None,
+        top_k=opts.top_k,
+        min_p=opts.min_p,
+        repeat_penalty=opts.repeat_penalty or None,
+        seed=opts.seed,
+    )
+    return GenerationRequest(
+        messages=messages,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        stop=tuple(s for s in (opts.stop or ()) if s),
+        json_schema=_schema(fmt),
+    ).validate()
+
+
+def _final_stats(last: Chunk, lease: Lease, started: float) -> dict[str, Any]:
+    usage, timings = last.usage, last.timings
+    return {
+        "done_reason": last.finish_reason or "stop",
+        "total_duration": int((time.perf_counter() - started) * NS),
+        "load_duration": int(lease.load_s * NS),
+        "prompt_eval_count": usage.prompt_tokens if usage else last.prompt_tokens,
+        "prompt_eval_duration": int(timings.prompt_s * NS) if timings else 0,
+        "eval_count": usage.completion_tokens if usage else last.completion_tokens,
+        "eval_duration": int(timings.generation_s * NS) if timings else 0,
+    }
+
+
+async def _load_only(
+    request: Request, reference: str | None, keep_alive: float | None, key: str
+) -> Response:
+    """Ollama's "empty request": load the model (or unload it with keep_alive 0)."""
+    svc = service(request)
+    name = reference or svc.settings.default_model
+    if keep_alive is not None and keep_alive == 0:
+        manifest = Registry(svc.settings).get(parse_ref(name).id)
+        await asyncio.to_thread(svc.pool.unload, manifest.id)
+        reason = "unload"
+    else:
+        lease = await svc.lease(
+            reference, Caller(app_name(request), "ollama"), keep_alive_s=keep_alive
+        )
+        lease.release()
+        reason = "load"
+    body: dict[str, Any] = {"model": name, "created_at": _now_iso(), "done": True}
+    body["done_reason"] = reason
+    body[key] = {"role": "assistant", "content": ""} if key == "message" else ""
+    return JSONResponse(body)
+
+
+async def _generation_response(
+    request: Request,
+    lease: Lease,
+    req: GenerationRequest,
+    stream: bool,
+    model_name: str,
+    key: str,
+) -> Response:
+    svc = service(request)
+    caller = Caller(app_name(request), "ollama")
+    started = time.perf_counter()
+    run = svc.generate(lease, req, caller)
+    try:
+        first = await run.__anext__()
+    except StopAsyncIteration:  # pragma: no cover
+        raise UsageError("the model produced nothing") from None
+
+    def piece(text: str) -> Any:
+        return {"role": "assistant", "content": text} if key == "message" else text
+
+    if not stream:
+        chunks = await svc.collect(run, first, request)
+        last = chunks[-1]
+        body = {
+            "model": model_name,
+            "created_at": _now_iso(),
+            key: piece("".join(c.text for c in chunks)),
+            "done": True,
+            **_final_stats(last, lease, started),
+        }
+        if key == "response":
+            body["context"] = []
+        return JSONResponse(body)
+
+    async def lines() -> AsyncIterator[bytes]:
+        last = first
+        try:
+            c: Chunk | None = first
+            while c is not None:
+                last = c
+                if c.text:
+                    yield ndjson(
+                        {
+                            "model": model_name,
+                            "created_at": _now_iso(),
+                            key: piece(c.text),
+                            "done": False,
+                        }
+                    )
+                if c.finish_reason is not None:
+                    break
+                c = await anext(run, None)
+        except LocaraError as exc:
+            yield ndjson(error_body(exc, ollama=True)[1])
+            return
+        except Exception:
+            yield ndjson({"error": "internal error while generating"})
+            return
+        yield ndjson(
+            {
+                "model": model_name,
+                "created_at": _now_iso(),
+                key: piece(""),
+                "done": True,
+                **_final_stats(last, lease, started),
+            }
+        )
+
+    return CancellableStream(lines(), run.cancel, "application/x-ndjson")
+
+
+@router.post("/api/chat", response_model=None)
+async def chat(body: ChatRequest, request: Request) -> Response:
+    """Chat; streams NDJSON unless ``stream`` is false."""
+    reference = _reference(body.model)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.messages:
+        return await _load_only(request, reference, keep_alive, "message")
+    if any(m.images for m in body.messages):
+        raise UsageError("image inputs are not supported by this model", "send text only")
+    if body.tools:
+        raise UsageError("tools are not supported by this model's chat template", "omit tools")
+    messages = to_messages([(m.role, m.content) for m in body.messages])
+    opts = _check_options(body.options)
+    max_tokens = _max_tokens(opts)
+    svc = service(request)
+    lease = await svc.lease(
+        reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
+    )
+    try:
+        req = _request(lease, opts, svc.cap_tokens(max_tokens), body.format, messages=messages)
+    except BaseException:
+        lease.release()
+        raise
+    name = body.model or lease.handle.resolved.manifest.id
+    return await _generation_response(
+        request, lease, req, body.stream is not False, name, "message"
+    )
+
+
+@router.post("/api/generate", response_model=None)
+async def generate(body: GenerateRequest, request: Request) -> Response:
+    """Completion of ``prompt`` (wrapped in the chat template unless ``raw``)."""
+    reference = _reference(body.model)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.prompt and not body.suffix:
+        return await _load_only(request, reference, keep_alive, "response")
+    if body.images:
+        raise UsageError("image inputs are not supported by this model", "send text only")
+    if body.template:
+        raise UsageError("custom templates are not supported", "omit template, or use raw: true")
+    if body.suffix:
+        raise UsageError("suffix (fill-in-the-middle) is not supported", "omit suffix")
+    if body.context:
+        raise UsageError("context (the deprecated token memory) is not supported", "use /api/chat")
+    opts = _check_options(body.options)
+    max_tokens = _max_tokens(opts)
+    svc = service(request)
+    lease = await svc.lease(
+        reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
+    )
+    try:
+        if body.raw:
+            req = _request(lease, opts, svc.cap_tokens(max_tokens), body.format, prompt=body.prompt)
+        else:
+            msgs = ((Message("system", body.system),) if body.system else ()) + (
+                Message("user", body.prompt),
+            )
+            req = _request(lease, opts, svc.cap_tokens(max_tokens), body.format, messages=msgs)
+    except BaseException:
+        lease.release()
+        raise
+    name = body.model or lease.handle.resolved.manifest.id
+    return await _generation_response(
+        request, lease, req, body.stream is not False, name, "response"
+    )
+
+
+async def _embed(
+    request: Request,
+    reference: str | None,
+    texts: list[str],
+    opts: Options | None,
+    keep_alive: float | None,
+) -> tuple[list[list[float]], int, Lease, float]:
+    svc = service(request)
+    started = time.perf_counter()
+    lease = await svc.lease(
+        reference or svc.settings.default_embedding_model,
+        Caller(app_name(request), "ollama"),
+        n_ctx=opts.num_ctx if opts else None,
+        embedding=True,
+        keep_alive_s=keep_alive,
+    )
+    vectors, n = await svc.embed(lease, texts, Caller(app_name(request), "ollama"))
+    return vectors, n, lease, started
+
+
+@router.post("/api/embed", response_model=None)
+async def embed(body: EmbedRequest, request: Request) -> Response:
+    """Embeddings for one string or a list; without ``model``, the default embedding model."""
+    texts = embedding_inputs(body.input)
+    vectors, n, lease, started = await _embed(
+        request, _reference(body.model), texts, body.options, parse_keep_alive(body.keep_alive)
+    )
+    if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
+        raise UsageError(
+            f"this model's embeddings have {len(vectors[0])} dimensions, not {body.dimensions}",
+            "omit dimensions",
+        )
+    return JSONResponse(
+        {
+            "model": body.model or lease.handle.resolved.manifest.id,
+            "embeddings": vectors,
+            "total_duration": int((time.perf_counter() - started) * NS),
+            "load_duration": int(lease.load_s * NS),
+            "prompt_eval_count": n,
+        }
+    )
+
+
+@router.post("/api/embeddings", response_model=None)
+async def embeddings_legacy(body: LegacyEmbeddingsRequest, request: Request) -> Response:
+    """The older single-text embedding endpoint."""
+    texts = embedding_inputs(body.prompt)
+    vectors, _, _, _ = await _embed(
+        request, _reference(body.model), texts, body.options, parse_keep_alive(body.keep_alive)
+    )
+    return JSONResponse({"embedding": vectors[0]})
+
+
+def _details(manifest: ModelManifest | None, quant: str | None, fmt: str) -> dict[str, Any]:
+    family = ""
+    size = ""
+    if manifest is not None:
+        family = manifest.id.split("-")[0]
+        size = next((t for t in manifest.id.split("-") if t[:-1].isdigit() and t[-1] in "mb"), "")
+    return {
+        "parent_model": "",
+        "format": fmt,
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": size.upper(),
+        "quantization_level": quant or "",
+    }
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    """Models in the store."""
+    svc = service(request)
+    settings = svc.settings
+    registry = Registry(settings)
+    out = []
+    if settings.db_path.exists():
+        for rec in BlobStore(settings).index.blobs():
+            if not rec.model_id:
+                continue
+            try:
+                manifest: ModelManifest | None = registry.get(rec.model_id)
+            except LocaraError:
+                manifest = None
+            out.append(
+                {
+                    "name": rec.model_id,
+                    "model": rec.model_id,
+                    "modified_at": _iso(rec.last_used or rec.created_at),
+                    "size": rec.size_bytes,
+                    "digest": rec.sha256,
+                    "details": _details(manifest, rec.quant, rec.format),
+                }
+            )
+    return {"models": out}
+
+
+def _ps_entry(m: LoadedInfo, registry: Registry) -> dict[str, Any]:
+    try:
+        manifest: ModelManifest | None = registry.get(m.model_id)
+    except LocaraError:
+        manifest = None
+    expires = m.expires_at if m.expires_at is not None else time.time() + 10 * 365 * 86400
+    return {
+        "name": m.model_id,
+        "model": m.model_id,
+        "size": m.estimated_bytes,
+        "digest": m.sha256,
+        "details": _details(manifest, m.quant, "gguf"),
+        "expires_at": _iso(expires),
+        "size_vram": 0,
+        "context_length": m.n_ctx,
+    }
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    """Models loaded now, with their memory and when their keep-alive runs out."""
+    svc = service(request)
+    registry = Registry(svc.settings)
+    return {"models": [_ps_entry(m, registry) for m in svc.pool.loaded()]}
+
+
+@router.post("/api/show")
+async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
+    """A model's manifest, template, parameters and GGUF metadata."""
+    from locara.device.gguf_meta import read_gguf
+    from locara.planner.select import select_artifact
+
+    svc = service(request)
+    ref = parse_ref(_reference(body.model, required=True) or "")
+    manifest = Registry(svc.settings).get(ref.id)
+    store = BlobStore(svc.settings)
+    artifact = select_artifact(manifest, ref, store)
+    blob = store.find(artifact.sha256) if artifact.sha256 else None
+    model_info: dict[str, Any] = {}
+    template = manifest.config.chat_template
+    if blob is not None and artifact.format == "gguf":
+        info = await asyncio.to_thread(read_gguf, blob.path)
+        model_info = {
+            k: v
+            for k, v in info.metadata.items()
+            if isinstance(v, (int, float, str, bool)) and k != "tokenizer.chat_template"
+        }
+        template = template or info.chat_template
+    params = "\n".join(f"{k} {v}" for k, v in manifest.config.default_params.items())
+    params += "".join(f'\nstop "{s}"' for s in manifest.config.stop_tokens)
+    capabilities = ["embedding"] if manifest.modality == "embedding" else ["completion"]
+    return {
+        "license": manifest.license,
+        "modelfile": f"# Locara manifest {manifest.id} {manifest.version}\nFROM {ref}\n",
+        "parameters": params.strip(),
+        "template": template or "",
+        "details": _details(manifest, artifact.quant, artifact.format),
+        "model_info": model_info,
+        "capabilities": capabilities,
+        "modified_at": _now_iso(),
+    }
+
+
+@router.post("/api/pull", response_model=None)
+async def pull(body: PullRequest, request: Request) -> Response:
+    """Fetch and verify a model into the store; progress as NDJSON unless ``stream`` is false."""
+    svc = service(request)
+    reference = _reference(body.model, required=True) or ""
+    ref = parse_ref(reference)
+    Registry(svc.settings).get(ref.id)  # unknown models fail before the stream starts
+    if body.stream is False:
+        blob = await asyncio.to_thread(resolve, svc.settings, reference)
+        return JSONResponse({"status": "success", "digest": f"sha256:{blob.blob.sha256}"})
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    done = 0
+
+    def progress(n: int, total: int | None) -> None:
+        nonlocal done
+        done += n
+        event = {"status": "downloading", "total": total, "completed": done}
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield ndjson({"status": "pulling manifest"})
+        task = asyncio.create_task(asyncio.to_thread(resolve, svc.settings, reference, progress))
+        while not task.done() or not queue.empty():
+            getter = asyncio.create_task(queue.get())
+            finished, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in finished:
+                yield ndjson(getter.result())
+            else:
+                getter.cancel()
+        try:
+            resolved = task.result()
+        except LocaraError as exc:
+            yield ndjson(error_body(exc, ollama=True)[1])
+            return
+        digest = f"sha256:{resolved.blob.sha256}"
+        yield ndjson({"status": "verifying sha256 digest", "digest": digest})
+        yield ndjson({"status": "success", "digest": digest})
+
+    return CancellableStream(lines(), lambda: None, "application/x-ndjson")
+
+
+@router.delete("/api/delete", response_model=None)
+async def delete(body: DeleteRequest, request: Request) -> Response:
+    """Remove a model's stored artifacts (refused while an app pins one)."""
+    svc = service(request)
+    ref = parse_ref(_reference(body.model, required=True) or "")
+    manifest = Registry(svc.settings).get(ref.id)
+    store = BlobStore(svc.settings)
+    targets = [
+        a.sha256
+        for _, a in manifest.all_artifacts()
+        if a.sha256
+        and store.find(a.sha256) is not None
+        and (ref.sha256 is None or a.sha256 == ref.sha256)
+        and (ref.quant is None or (a.quant or "").lower() == ref.quant.lower())
+    ]
+    if not targets:
+        raise UnknownModelError(str(ref), [])
+    for sha in targets:
+        holders = store.index.refs(sha)
+        if holders:
+            raise HTTPError(
+                409,
+                f"{ref} is used by {', '.join(holders)}",
+                "uninstall those apps first (locara app uninstall APP)",
+            )
+    for sha in targets:
+        await asyncio.to_thread(svc.pool.unload, None, sha)
+        if any(m.sha256 == sha for m in svc.pool.loaded()):
+            raise UsageError(f"{ref} is busy serving requests", "retry when they finish")
+        await asyncio.to_thread(store.remove, sha)
+    return Response(status_code=200)
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}

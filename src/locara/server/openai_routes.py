@@ -1,0 +1,470 @@
+"""The OpenAI-compatible API: chat and text completions (SSE streaming), embeddings, models."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from locara.backends.base import Chunk, GenerationRequest, TokenLogprob
+from locara.engine.pool import Lease
+from locara.engine.runner import ThreadedRun
+from locara.errors import LocaraError, UnknownModelError, UnsupportedFeatureError, UsageError
+from locara.server.common import (
+    app_name,
+    check_sampling,
+    parse_keep_alive,
+    sampling_from,
+    service,
+    stop_tuple,
+    to_messages,
+)
+from locara.server.errors import error_body
+from locara.server.openai_schema import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+)
+from locara.server.service import Caller
+from locara.server.streaming import CancellableStream, sse
+from locara.store.blobs import BlobStore
+
+router = APIRouter(tags=["openai"])
+
+
+def _unsupported_common(body: ChatCompletionRequest | CompletionRequest) -> None:
+    if body.n not in (None, 1):
+        raise UsageError(
+            f"n={body.n} is not supported: Locara returns one choice per request",
+            "omit n (or pass n=1) and send several requests",
+        )
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, name):
+            raise UsageError(f"{name} is not supported", "omit it, or use repeat_penalty")
+    if body.logit_bias:
+        raise UsageError("logit_bias is not supported", "omit logit_bias")
+    check_sampling(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repeat_penalty,
+        seed=body.seed,
+    )
+
+
+def _text_of(msg: ChatMessage) -> str:
+    if msg.content is None:
+        return ""
+    if isinstance(msg.content, str):
+        return msg.content
+    parts: list[str] = []
+    for part in msg.content:
+        if part.type != "text":
+            raise UnsupportedFeatureError(
+                "image inputs are not supported by this model", "send text content only"
+            )
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def _schema_of(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    fmt = body.response_format
+    if isinstance(fmt, ResponseFormatJSONObject):
+        return {}
+    if isinstance(fmt, ResponseFormatJSONSchema):
+        return fmt.json_schema.schema_ or {}
+    return None
+
+
+def _sampling_kwargs(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    return {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repeat_penalty": body.repeat_penalty,
+        "seed": body.seed,
+    }
+
+
+async def _start(run: ThreadedRun[Chunk]) -> Chunk:
+    """The first chunk; errors found before any token (bad schema, overflow) raise here."""
+    try:
+        return await run.__anext__()
+    except StopAsyncIteration:  # pragma: no cover - generate always ends with a chunk
+        raise UsageError("the model produced nothing") from None
+
+
+def _chat_logprobs(items: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    def entry(tok: str, lp: float) -> dict[str, Any]:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
+
+    return [
+        {**entry(t.token, t.logprob), "top_logprobs": [entry(a, b) for a, b in t.top]}
+        for t in items
+    ]
+
+
+def _usage(last: Chunk) -> dict[str, Any]:
+    u = last.usage
+    if u is None:
+        return {"prompt_tokens": last.prompt_tokens, "completion_tokens": 0, "total_tokens": 0}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _headers(lease: Lease) -> dict[str, str]:
+    headers = {"X-Locara-Model": lease.handle.resolved.manifest.id}
+    if lease.reload_reason:
+        headers["X-Locara-Reload"] = lease.reload_reason
+    return headers
+
+
+def _stream_error(exc: BaseException) -> bytes:
+    if isinstance(exc, LocaraError):
+        return sse(error_body(exc, ollama=False)[1])
+    return sse({"error": {"message": "internal error while generating", "type": "server_error"}})
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """Chat completion; ``stream: true`` streams server-sent events."""
+    svc = service(request)
+    caller = Caller(app_name(request), "openai")
+    _unsupported_common(body)
+    messages = to_messages([(m.role, _text_of(m)) for m in body.messages])
+    schema = _schema_of(body)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    lease = await svc.lease(body.model, caller, n_ctx=body.num_ctx, keep_alive_s=keep_alive)
+    try:
+        if body.tools and not lease.handle.model.capabilities.tools:
+            raise UnsupportedFeatureError(
+                f"{lease.handle.resolved.manifest.id}'s chat template does not support tools",
+                "omit tools, or use a model whose template renders them",
+            )
+        req = GenerationRequest(
+            messages=messages,
+            max_tokens=svc.cap_tokens(body.max_completion_tokens or body.max_tokens),
+            sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
+            stop=stop_tuple(body.stop),
+            json_schema=schema,
+            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        ).validate()
+    except BaseException:
+        lease.release()
+        raise
+    run = svc.generate(lease, req, caller)
+    first = await _start(run)
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model_name = body.model or lease.handle.resolved.manifest.id
+
+    if not body.stream:
+        chunks = await svc.collect(run, first, request)
+        last = chunks[-1]
+        lps = tuple(t for c in chunks for t in c.logprobs)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "".join(c.text for c in chunks),
+                "refusal": None,
+            },
+            "finish_reason": last.finish_reason or "stop",
+            "logprobs": {"content": _chat_logprobs(lps), "refusal": None}
+            if req.logprobs is not None
+            else None,
+        }
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "system_fingerprint": f"locara-{lease.handle.backend}",
+                "choices": [choice],
+                "usage": _usage(last),
+            },
+            headers=_headers(lease),
+        )
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def event(delta: dict[str, Any], finish: str | None, c: Chunk | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        if c is not None and req.logprobs is not None:
+            choice["logprobs"] = {"content": _chat_logprobs(c.logprobs), "refusal": None}
+        data: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": f"locara-{lease.handle.backend}",
+            "choices": [choice],
+        }
+        if include_usage:
+            data["usage"] = None
+        return sse(data)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield event({"role": "assistant", "content": ""}, None, None)
+        last = first
+        try:
+            c: Chunk | None = first
+            while c is not None:
+                last = c
+                if c.text or c.logprobs:
+                    yield event({"content": c.text}, None, c)
+                if c.finish_reason is not None:
+                    break
+                c = await anext(run, None)
+        except Exception as exc:
+            yield _stream_error(exc)
+            return
+        yield event({}, last.finish_reason or "stop", None)
+        if include_usage:
+            yield sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [],
+                    "usage": _usage(last),
+                }
+            )
+        yield sse("[DONE]")
+
+    return CancellableStream(events(), run.cancel, "text/event-stream", _headers(lease))
+
+
+def _completion_logprobs(items: tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
+    offsets = []
+    for t in items:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [t.logprob for t in items],
+        "top_logprobs": [dict(t.top) for t in items],
+        "text_offset": offsets,
+    }
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    """Raw text completion (the prompt is not wrapped in a chat template)."""
+    svc = service(request)
+    caller = Caller(app_name(request), "openai")
+    _unsupported_common(body)
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise UsageError(
+                "prompt must be one string (batches and token ids are not supported)",
+                "send one text prompt per request",
+            )
+        prompt = prompt[0]
+    assert isinstance(prompt, str)
+    if body.suffix:
+        raise UsageError("suffix (fill-in-the-middle) is not supported", "omit suffix")
+    if body.best_of not in (None, 1):
+        raise UsageError("best_of > 1 is not supported", "omit best_of")
+    keep_alive = parse_keep_alive(body.keep_alive)
+    lease = await svc.lease(body.model, caller, n_ctx=body.num_ctx, keep_alive_s=keep_alive)
+    try:
+        req = GenerationRequest(
+            prompt=prompt,
+            max_tokens=svc.cap_tokens(body.max_tokens),
+            sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
+            stop=stop_tuple(body.stop),
+            logprobs=body.logprobs,
+        ).validate()
+    except BaseException:
+        lease.release()
+        raise
+    run = svc.generate(lease, req, caller)
+    first = await _start(run)
+    cid = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model_name = body.model or lease.handle.resolved.manifest.id
+    echo = prompt if body.echo else ""
+
+    if not body.stream:
+        chunks = await svc.collect(run, first, request)
+        last = chunks[-1]
+        lps = tuple(t for c in chunks for t in c.logprobs)
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model_name,
+                "system_fingerprint": f"locara-{lease.handle.backend}",
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": echo + "".join(c.text for c in chunks),
+                        "finish_reason": last.finish_reason or "stop",
+                        "logprobs": _completion_logprobs(lps, len(echo))
+                        if req.logprobs is not None
+                        else None,
+                    }
+                ],
+                "usage": _usage(last),
+            },
+            headers=_headers(lease),
+        )
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def event(text: str, finish: str | None, c: Chunk | None) -> bytes:
+        lp = None
+        if c is not None and req.logprobs is not None:
+            lp = _completion_logprobs(c.logprobs, 0)
+        data: dict[str, Any] = {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}],
+        }
+        return sse(data)
+
+    async def events() -> AsyncIterator[bytes]:
+        if echo:
+            yield event(echo, None, None)
+        last = first
+        try:
+            c: Chunk | None = first
+            while c is not None:
+                last = c
+                if c.text or c.logprobs:
+                    yield event(c.text, None, c)
+                if c.finish_reason is not None:
+                    break
+                c = await anext(run, None)
+        except Exception as exc:
+            yield _stream_error(exc)
+            return
+        yield event("", last.finish_reason or "stop", None)
+        if include_usage:
+            yield sse(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [],
+                    "usage": _usage(last),
+                }
+            )
+        yield sse("[DONE]")
+
+    return CancellableStream(events(), run.cancel, "text/event-stream", _headers(lease))
+
+
+def embedding_inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+    texts = [raw] if isinstance(raw, str) else raw
+    if not texts:
+        raise UsageError("input is empty", "send a string or a non-empty list of strings")
+    if not all(isinstance(t, str) for t in texts):
+        raise UsageError("token-id inputs are not supported", "send text")
+    out = [t for t in texts if isinstance(t, str)]
+    if any(not t for t in out):
+        raise UsageError("input contains an empty string", "remove empty strings")
+    if len(out) > 2048:
+        raise UsageError(f"{len(out)} inputs; at most 2048 per request", "split the batch")
+    return out
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    """Embeddings; without ``model``, the default embedding model."""
+    svc = service(request)
+    caller = Caller(app_name(request), "openai")
+    texts = embedding_inputs(body.input)
+    reference = body.model or svc.settings.default_embedding_model
+    lease = await svc.lease(
+        reference,
+        caller,
+        n_ctx=body.num_ctx,
+        embedding=True,
+        keep_alive_s=parse_keep_alive(body.keep_alive),
+    )
+    model_name = body.model or lease.handle.resolved.manifest.id
+    vectors, n_tokens = await svc.embed(lease, texts, caller)
+    if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
+        raise UsageError(
+            f"this model's embeddings have {len(vectors[0])} dimensions, not {body.dimensions}",
+            "omit dimensions",
+        )
+    data = []
+    for i, v in enumerate(vectors):
+        emb: Any = v
+        if body.encoding_format == "base64":
+            import numpy as np
+
+            emb = base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": model_name,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+    )
+
+
+def _model_entries(request: Request) -> list[dict[str, Any]]:
+    svc = service(request)
+    settings = svc.settings
+    seen: dict[str, dict[str, Any]] = {}
+    if settings.db_path.exists():
+        for rec in BlobStore(settings).index.blobs():
+            if rec.model_id and rec.model_id not in seen:
+                seen[rec.model_id] = {
+                    "id": rec.model_id,
+                    "object": "model",
+                    "created": int(rec.created_at),
+                    "owned_by": "locara",
+                }
+    for m in svc.pool.loaded():
+        seen.setdefault(
+            m.model_id,
+            {
+                "id": m.model_id,
+                "object": "model",
+                "created": int(m.loaded_at),
+                "owned_by": "locara",
+            },
+        )
+    return list(seen.values())
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Models in the store (and any loaded ones)."""
+    return {"object": "list", "data": _model_entries(request)}
+
+
+@router.get("/v1/models/{model}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    for entry in _model_entries(request):
+        if entry["id"] == model:
+            return entry
+    raise UnknownModelError(model)

@@ -1,0 +1,216 @@
+"""What every route does, once: take a lease on a model, run it in a thread, account for it.
+
+Each request ends in exactly one usage record (ledger) and one metrics observation,
+whether it finished, failed or was cancelled by a client that went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from locara.backends.base import Chunk, GenerationRequest
+from locara.engine.pool import Lease, ModelPool
+from locara.engine.runner import RunResult, ThreadedRun
+from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
+from locara.ledger import UsageRecord, record_usage
+from locara.server.config import ServerConfig
+from locara.server.metrics import Metrics
+from locara.server.tokens import TokenStore
+from locara.settings import Settings
+
+log = logging.getLogger("locara.server")
+
+
+@dataclass(frozen=True)
+class Caller:
+    app: str  # the token's app, or "local"
+    surface: str  # "openai" | "ollama"
+
+
+class Service:
+    def __init__(self, settings: Settings, config: ServerConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.pool = ModelPool(settings, config.pool)
+        self.metrics = Metrics()
+        self.tokens = TokenStore(settings)
+        self.started_at = time.time()
+
+    async def lease(
+        self,
+        reference: str | None,
+        caller: Caller,
+        *,
+        n_ctx: int | None = None,
+        embedding: bool = False,
+        keep_alive_s: float | None = None,
+    ) -> Lease:
+        """A lease on a loaded model; failures are counted before they propagate."""
+        try:
+            return await asyncio.to_thread(
+                self.pool.acquire,
+                reference,
+                n_ctx=n_ctx,
+                embedding=embedding,
+                keep_alive_s=keep_alive_s,
+            )
+        except LocaraError as exc:
+            model = reference or self.settings.default_model
+            self.metrics.observe(caller.surface, model, "error")
+            self._record(caller, model, None, "", status="error", error=exc.message)
+            raise
+
+    async def collect(self, run: ThreadedRun[Chunk], first: Chunk, request: Request) -> list[Chunk]:
+        """All chunks of a non-streamed answer; stops generating if the client goes away."""
+        chunks = [first]
+        async for c in run:
+            chunks.append(c)
+            if await request.is_disconnected():
+                run.cancel()
+        return chunks
+
+    def cap_tokens(self, max_tokens: int | None) -> int | None:
+        cap = self.config.max_tokens_cap
+        if cap is None:
+            return max_tokens
+        return cap if max_tokens is None else min(max_tokens, cap)
+
+    def generate(self, lease: Lease, req: GenerationRequest, caller: Caller) -> ThreadedRun[Chunk]:
+        """Start generating in a thread; the lease is released when the thread is done."""
+        model = lease.handle.model
+        if req.json_schema is not None and not model.capabilities.json_schema:
+            lease.release()
+            raise UnsupportedFeatureError(
+                f"{lease.handle.resolved.manifest.id} cannot enforce a JSON schema",
+                "use a llama.cpp (GGUF) model for response_format/format",
+            )
+
+        def make() -> Iterator[Chunk]:
+            return model.generate(req)
+
+        def done(result: RunResult[Chunk]) -> None:
+            lease.release()
+            self._account_generation(lease, caller, result)
+
+        return ThreadedRun(make, done, is_last=lambda c: c.finish_reason is not None).start()
+
+    async def embed(
+        self, lease: Lease, texts: list[str], caller: Caller
+    ) -> tuple[list[list[float]], int]:
+        """Vectors for ``texts`` and the number of tokens they took; releases the lease."""
+        started = time.perf_counter()
+        model = lease.handle.model
+        try:
+            counts = [model.count_tokens(t) for t in texts]
+            for n in counts:
+                if n > model.n_ctx:
+                    raise ContextOverflowError(n, 0, model.n_ctx)
+            vectors = await asyncio.to_thread(model.embed, texts)
+        except LocaraError as exc:
+            self._account_simple(lease, caller, "error", 0, exc.message)
+            raise
+        finally:
+            lease.release()
+        self._account_simple(lease, caller, "ok", sum(counts), None, time.perf_counter() - started)
+        return vectors, sum(counts)
+
+    # -- accounting ------------------------------------------------------------------
+    def _account_generation(self, lease: Lease, caller: Caller, result: RunResult[Chunk]) -> None:
+        res = lease.handle.resolved
+        last = result.last
+        usage = last.usage if last is not None else None
+        timings = last.timings if last is not None else None
+        n_in = usage.prompt_tokens if usage else (last.prompt_tokens if last else 0)
+        n_out = usage.completion_tokens if usage else (last.completion_tokens if last else 0)
+        tg = timings.rates(usage)[1] if timings and usage else None
+        ttft = timings.ttft_s if timings else None
+        status = result.outcome
+        error = None
+        if result.error is not None and status == "error":
+            error = getattr(result.error, "message", None) or repr(result.error)
+        self.metrics.observe(
+            caller.surface,
+            res.manifest.id,
+            status,
+            n_in,
+            n_out,
+            usage.cached_tokens if usage else 0,
+            ttft,
+        )
+        self._record(
+            caller,
+            res.manifest.id,
+            res.blob.sha256,
+            lease.handle.backend,
+            prompt_tokens=n_in,
+            completion_tokens=n_out,
+            ttft_s=ttft,
+            generation_tps=tg,
+            load_s=lease.load_s,
+            status=status,
+            error=error,
+        )
+
+    def _account_simple(
+        self,
+        lease: Lease,
+        caller: Caller,
+        status: str,
+        tokens_in: int,
+        error: str | None,
+        elapsed: float | None = None,
+    ) -> None:
+        res = lease.handle.resolved
+        self.metrics.observe(caller.surface, res.manifest.id, status, tokens_in)
+        self._record(
+            caller,
+            res.manifest.id,
+            res.blob.sha256,
+            lease.handle.backend,
+            prompt_tokens=tokens_in,
+            load_s=lease.load_s,
+            status="ok" if status == "ok" else "error",
+            error=error,
+            ttft_s=elapsed,
+        )
+
+    def _record(
+        self,
+        caller: Caller,
+        model: str,
+        sha256: str | None,
+        backend: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        ttft_s: float | None = None,
+        generation_tps: float | None = None,
+        load_s: float | None = None,
+        status: str = "ok",
+        error: str | None = None,
+    ) -> None:
+        record_usage(
+            self.settings,
+            UsageRecord(
+                model_id=model,
+                sha256=sha256,
+                backend=backend,
+                app=caller.app,
+                surface=caller.surface,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                ttft_s=ttft_s,
+                generation_tps=generation_tps,
+                load_s=load_s,
+                status="ok"
+                if status == "ok"
+                else ("cancelled" if status == "cancelled" else "error"),
+                error=error,
+            ),
+        )
