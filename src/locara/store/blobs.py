@@ -110,6 +110,8 @@ class BlobStore:
     # -- reading -------------------------------------------------------------------
     def read_meta(self, sha256: str) -> dict[str, Any] | None:
         p = self.blob_dir(sha256) / META
+        if p.parent.is_symlink() or p.is_symlink():
+            return None  # never read through a planted link
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):

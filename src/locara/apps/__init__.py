@@ -1,0 +1,1 @@
+"""Apps: manifests that pin models, installs that hardlink them, and the license gate."""

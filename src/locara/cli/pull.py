@@ -1,0 +1,105 @@
+"""``locara pull`` (fetch and verify a model) and ``locara rm`` (remove it from the store)."""
+
+from __future__ import annotations
+
+import click
+
+from locara.cli.common import byte_progress, echo_json, human_size, settings
+from locara.errors import UnknownModelError
+from locara.registry.catalog import Registry
+from locara.registry.manifest import Artifact, ModelManifest
+from locara.registry.refs import ModelRef, parse_ref
+from locara.store.blobs import BlobStore
+
+
+def choose_artifact(
+    manifest: ModelManifest, ref: ModelRef, store: BlobStore, backend: str | None
+) -> Artifact:
+    """The artifact ``ref`` names: by digest on any backend, else via the planner's pick."""
+    from locara.planner.select import select_artifact
+
+    if ref.sha256:
+        found = manifest.artifact_by_digest(ref.sha256)
+        if found is None:
+            raise UnknownModelError(
+                str(ref), [f"{manifest.id}@sha256:{a.sha256}" for _, a in manifest.all_artifacts()]
+            )
+        return found[1]
+    if backend is None:
+        backend = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
+    return select_artifact(manifest, ref, store, backend)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--backend", help="Pick the artifact for this backend (llamacpp, mlx, whispercpp).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def pull(model: str, backend: str | None, as_json: bool) -> None:
+    """Download MODEL (id, id:QUANT or id@sha256:HEX) into the store and verify it."""
+    from locara.store.fetch import ensure_artifact
+
+    cfg = settings()
+    ref = parse_ref(model)
+    manifest = Registry(cfg).get(ref.id)
+    store = BlobStore(cfg)
+    art = choose_artifact(manifest, ref, store, backend)
+    if not manifest.curated or art.sha256 is None:
+        click.echo(
+            f"warning: {manifest.id} is not curated: its hash was not read from a trusted "
+            "source or computed from the file; check the source before using it",
+            err=True,
+        )
+    with byte_progress(f"pull {manifest.id}:{art.quant or art.format}") as progress:
+        blob = ensure_artifact(store, manifest, art, cfg, progress)
+    if as_json:
+        echo_json(
+            {
+                "id": manifest.id,
+                "quant": art.quant,
+                "sha256": blob.sha256,
+                "size_bytes": blob.size_bytes,
+                "path": str(blob.path),
+                "pin": f"{manifest.id}@sha256:{blob.sha256}",
+            }
+        )
+        return
+    click.echo(
+        f"{manifest.id} {art.quant or art.format}  {human_size(blob.size_bytes)}  "
+        f"verified sha256:{blob.sha256}"
+    )
+    click.echo(f"  pin it in an app as: {manifest.id}@sha256:{blob.sha256}")
+
+
+@click.command()
+@click.argument("model")
+def rm(model: str) -> None:
+    """Remove MODEL's stored blobs (all quants, or the one named by :QUANT / @sha256:)."""
+    from locara.store.gc import remove_blob
+
+    cfg = settings()
+    ref = parse_ref(model)
+    store = BlobStore(cfg)
+    shas: list[str] = []
+    if ref.sha256:
+        shas = [ref.sha256]
+    else:
+        for rec in store.index.blobs():
+            if rec.model_id == ref.id and (
+                ref.quant is None or (rec.quant or "").lower() == ref.quant.lower()
+            ):
+                shas.append(rec.sha256)
+    shas = [s for s in shas if store.find(s) is not None or store.planted_symlink(s)]
+    if not shas:
+        known = Registry(cfg)
+        if known.path_of(ref.id) is None:
+            raise UnknownModelError(ref.id, known.suggest(ref.id))
+        click.echo(f"{ref} is not stored; nothing to remove")
+        return
+    freed = 0
+    for sha in shas:
+        blob = store.find(sha)
+        size = blob.size_bytes if blob is not None else 0
+        for gone in remove_blob(store, sha):
+            click.echo(f"removed sha256:{gone}")
+        freed += size
+    click.echo(f"freed {human_size(freed)}")
