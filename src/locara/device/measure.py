@@ -1,0 +1,107 @@
+"""Measure the real peak RSS of one llama.cpp load, for checking the fit estimator.
+
+Run in a fresh process (``python -m locara.device.measure GGUF N_CTX [KV_TYPE]``) so
+nothing else in the process inflates the number: it loads the model the way the
+llama.cpp backend does, evaluates a prompt that fills one batch and decodes a few
+tokens (so every weight page and the compute buffers are touched), then prints one
+JSON line with the peak RSS (``ru_maxrss``) and the RSS before the model was loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids, as in the backend
+
+
+@dataclass(frozen=True)
+class Measurement:
+    peak_rss_bytes: int
+    baseline_rss_bytes: int
+    n_ctx: int
+    kv_type: str
+
+
+def _rss_now() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _child(path: str, n_ctx: int, kv_type: str, n_threads: int) -> None:
+    import llama_cpp
+
+    baseline = _rss_now()
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_batch=min(512, n_ctx),
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        type_k=_KV_TYPES[kv_type],
+        type_v=_KV_TYPES[kv_type],
+        verbose=False,
+    )
+    # Fill the context (the worst case: every KV cell live, attention over all of them),
+    # then decode a few tokens.
+    n_prompt = n_ctx - 8
+    vocab = llm.n_vocab()
+    tokens = [llm.token_bos()] + [100 + (i * 7919) % (vocab - 200) for i in range(n_prompt - 1)]
+    llm.eval(tokens)
+    for _ in range(4):
+        tok = llm.sample(temp=0.0)
+        llm.eval([tok])
+    print(json.dumps({"peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline}))
+
+
+def _peak_rss() -> int:
+    # VmHWM belongs to this process image; ru_maxrss on Linux survives exec and would
+    # report a large parent's RSS at fork time.
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    # macOS reports ru_maxrss in bytes, Linux in KiB.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def measure_load(
+    path: Path, n_ctx: int, kv_type: str = "f16", n_threads: int = 2, timeout: float = 600
+) -> Measurement:
+    """Load ``path`` with ``n_ctx`` in a fresh Python process and return its peak RSS."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locara.device.measure",
+            str(path),
+            str(n_ctx),
+            kv_type,
+            str(n_threads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"measurement of {path} at n_ctx={n_ctx} failed: {' | '.join(tail)}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Measurement(int(data["peak_rss_bytes"]), int(data["baseline_rss_bytes"]), n_ctx, kv_type)
+
+
+if __name__ == "__main__":
+    _child(
+        sys.argv[1],
+        int(sys.argv[2]),
+        sys.argv[3] if len(sys.argv) > 3 else "f16",
+        int(sys.argv[4]) if len(sys.argv) > 4 else 2,
+    )
