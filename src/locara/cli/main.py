@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "bench",
         "Benchmark stored models: tok/s, first token, load, memory.",
     ),
+    "convert": (
+        "locara.cli.convert",
+        "convert",
+        "Convert a model: GGUF → MLX, HF safetensors → GGUF.",
+    ),
 }
 
 
