@@ -379,9 +379,8 @@ class BlobStore:
             return
         if not d.exists():
             return
-        for p in d.iterdir():
-            with contextlib.suppress(OSError):
-                os.chmod(p, stat.S_IRUSR | stat.S_IWUSR, follow_symlinks=False)
+        # No chmod first: unlinking needs only the directory's write permission, and the
+        # file's inode may be shared (an app's hardlink, an adopted Ollama blob).
         shutil.rmtree(d, ignore_errors=True)
 
     def touch(self, sha256: str) -> None:
