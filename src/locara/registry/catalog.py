@@ -23,6 +23,21 @@ def builtin_registry_dir() -> Path:
     return Path(__file__).resolve().parent / "models"
 
 
+def describe_validation_error(exc: ValidationError) -> str:
+    """The most specific error of a pydantic failure as ``field.path: message``.
+
+    An artifact may be one object or a list, so pydantic reports both union branches;
+    the deepest location is the one that names the field the author got wrong.
+    """
+    best = max(exc.errors(), key=lambda e: len(e["loc"]))
+    loc = ".".join(
+        str(p)
+        for p in best["loc"]
+        if not (isinstance(p, str) and ("[" in p or p == "Artifact"))
+    )
+    return f"{loc}: {best['msg']}"
+
+
 def load_manifest(
     path: Path, trusted_keys: dict[str, Ed25519PublicKey] | None = None
 ) -> ModelManifest:
@@ -46,10 +61,9 @@ def load_manifest(
     try:
         manifest = ModelManifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
         raise ManifestError(
-            f"invalid manifest {path}: {loc}: {first['msg']}", "fix the field and try again"
+            f"invalid manifest {path}: {describe_validation_error(exc)}",
+            "fix the field and try again",
         ) from exc
     if manifest.id != path.stem:
         raise ManifestError(
