@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlparse
 
 from locara.errors import FetchError, IntegrityError
 from locara.registry.names import check_filename, check_sha256
+from locara.settings import Settings
 
 SCHEME = "derived://"
 
@@ -71,12 +72,11 @@ def iter_derived(url: str) -> Iterator[bytes]:
     """Convert the parent named by ``url`` and yield the output's bytes.
 
     The store hashes what this yields and keeps it only if it matches the
-    artifact's pinned SHA-256; the lineage record is written after the output is
-    complete, under the output's actual digest.
+    artifact's pinned SHA-256. The lineage record is written by whoever holds the
+    settings once the blob is stored (``record_derivation``): this generator runs
+    inside the store and knows no LOCARA_HOME.
     """
     from locara.convert.hf_to_gguf import convert_hf_to_gguf, iter_file
-    from locara.ecology.lineage import LineageRecord, record_lineage, tool_version
-    from locara.settings import Settings
     from locara.store.blobs import hash_file
     from locara.store.sources import local_path
 
@@ -104,16 +104,28 @@ def iter_derived(url: str) -> Iterator[bytes]:
         logging.getLogger("gguf").setLevel(logging.ERROR)
         convert_hf_to_gguf(src_dir, out, d.outtype, name=d.name)  # type: ignore[arg-type]
         yield from iter_file(out)
-        sha, _ = hash_file(out)
-        record_lineage(
-            Settings.from_env(),
-            LineageRecord(
-                sha256=sha,
-                parents=(d.parent_sha256,),
-                operator="convert",
-                tool=tool_version("gguf", "numpy"),
-                params={"to": d.to, "type": d.outtype, "from": d.source, "url": url},
-            ),
-        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def record_derivation(settings: Settings, sources: tuple[str, ...], sha256: str) -> None:
+    """Write the lineage record of a stored artifact made from a ``derived://`` source.
+
+    Idempotent: an existing record (from the conversion that made the blob) is kept.
+    """
+    from locara.ecology.lineage import LineageRecord, read_lineage, record_lineage, tool_version
+
+    derived = [s for s in sources if s.startswith(SCHEME)]
+    if not derived or read_lineage(settings, sha256) is not None:
+        return
+    d = parse_derived(derived[0])
+    record_lineage(
+        settings,
+        LineageRecord(
+            sha256=sha256,
+            parents=(d.parent_sha256,),
+            operator="convert",
+            tool=tool_version("gguf", "numpy"),
+            params={"to": d.to, "type": d.outtype, "from": d.source, "url": derived[0]},
+        ),
+    )

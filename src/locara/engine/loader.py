@@ -48,6 +48,10 @@ def resolve(
     store = BlobStore(settings)
     artifact = select_artifact(manifest, ref, store)
     blob = ensure_artifact(store, manifest, artifact, settings, progress)
+    if any(src.startswith("derived://") for src in artifact.sources):
+        from locara.convert.derived import record_derivation
+
+        record_derivation(settings, artifact.sources, blob.sha256)
     return ResolvedModel(ref, manifest, artifact, blob)
 
 
