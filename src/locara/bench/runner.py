@@ -22,7 +22,6 @@ llama-bench's field names where it has them (``avg_ts``, ``stddev_ts``, ``sample
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import random
 import re
 import statistics
@@ -36,7 +35,6 @@ from typing import Any, Literal
 
 from locara.backends.base import GenerationRequest, LoadedModel, LoadOptions, Sampling
 from locara.errors import (
-    BackendUnavailableError,
     NoFitError,
     StoreError,
     UsageError,
@@ -46,10 +44,6 @@ from locara.registry.manifest import Artifact, ModelManifest
 from locara.registry.refs import ModelRef, parse_ref
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, StoredBlob
-
-BACKENDS = ("llama_cpp", "mlx")
-# Backend name -> the key of its artifacts in a manifest.
-_ARTIFACT_KEY = {"llama_cpp": "llamacpp", "mlx": "mlx"}
 
 # (what is happening, steps done, steps in all) for a progress display.
 Progress = Callable[[str, int, int], None]
@@ -82,11 +76,6 @@ class BenchParams:
                     f"invalid {name} {value}: must be >= {low}",
                     f"pass {name} {max(low, 1)} or more",
                 )
-        if self.backend not in BACKENDS:
-            raise UsageError(
-                f"unknown backend {self.backend!r}",
-                f"use --backend {' or --backend '.join(BACKENDS)}",
-            )
         if self.n_threads is not None and self.n_threads < 1:
             raise UsageError(f"invalid --threads {self.n_threads}", "pass --threads 1 or more")
         return self
@@ -107,25 +96,13 @@ class BenchTarget:
 # -- preparing ---------------------------------------------------------------------------
 
 
-def require_backend(name: str) -> Any:
-    """An instance of the named backend, or BackendUnavailableError saying why not."""
-    module, cls = {
-        "llama_cpp": ("locara.backends.llama_cpp", "LlamaCppBackend"),
-        "mlx": ("locara.backends.mlx", "MlxBackend"),
-    }[name]
-    try:
-        backend = getattr(importlib.import_module(module), cls)()
-    except (ImportError, AttributeError) as exc:
-        raise BackendUnavailableError(
-            f"the {name} backend is not part of this Locara install ({exc})",
-            "use --backend llama_cpp",
-        ) from exc
-    avail = backend.available()
-    if not avail.ok:
-        raise BackendUnavailableError(
-            f"the {name} backend cannot run here: {avail.reason}", "use --backend llama_cpp"
-        )
-    return backend
+def require_backend(name: str) -> str:
+    """The canonical backend name if it can run here; else UsageError/BackendUnavailableError."""
+    from locara.backends.registry import canonical_name, get_backend
+
+    key = canonical_name(name)
+    get_backend(key)
+    return key
 
 
 def prepare(settings: Settings, reference: str, params: BenchParams) -> BenchTarget:
@@ -139,7 +116,9 @@ def prepare(settings: Settings, reference: str, params: BenchParams) -> BenchTar
     ref = parse_ref(reference)
     manifest = Registry(settings).get(ref.id)
     store = BlobStore(settings)
-    key = _ARTIFACT_KEY[params.backend]
+    from locara.backends.registry import manifest_key
+
+    key = manifest_key(params.backend)
     if params.backend == "mlx" and not manifest.artifact_list("mlx"):
         key = "llamacpp"  # MLX reads GGUF files directly
     artifact = select_artifact(manifest, ref, store, backend=key)
@@ -162,40 +141,72 @@ def _check_fit(
     blob: StoredBlob,
     params: BenchParams,
 ) -> dict[str, Any] | None:
+    """The planner's verdict for this artifact at the bench's context; NoFitError if none.
+
+    A bench needs exactly ``n_ctx`` tokens with ``kv_type`` KV, so a plan that only
+    fits with a shorter context or a quantized KV cache is a no-fit here too.
+    """
+    from locara.backends.registry import manifest_key
     from locara.device.profile import detect_profile
 
-    if artifact.format != "gguf":
-        return None
-    from locara.device.fit import estimate_fit
-    from locara.device.gguf_meta import read_gguf
+    trained = manifest.context_length
+    if artifact.format == "gguf":
+        from locara.device.gguf_meta import read_gguf
 
-    info = read_gguf(blob.path)
-    trained = info.context_length or manifest.context_length
+        trained = read_gguf(blob.path).context_length or trained
     if trained and params.n_ctx > trained:
         raise UsageError(
             f"--n-prompt {params.n_prompt} + --n-gen {params.n_gen} needs a context of "
             f"{params.n_ctx} but {manifest.id} was trained for {trained}",
             "lower --n-prompt or --n-gen",
         )
-    est = estimate_fit(info, params.n_ctx, params.kv_type, params.backend)
-    profile = detect_profile(settings)
-    available = profile.ram_available_bytes
+    device = detect_profile(settings)
+    label = f"{manifest.id}:{artifact.quant}" if artifact.quant else manifest.id
+    if manifest.artifact_list(manifest_key(params.backend)):
+        from locara.planner.plan import PlanRequest, plan_model
+
+        plan = plan_model(
+            manifest,
+            device,
+            PlanRequest(n_ctx=params.n_ctx, backend=params.backend, quant=artifact.quant),
+            gguf_path_of={blob.sha256: blob.path},
+        )
+        if not plan.ok:
+            raise NoFitError(
+                f"{label} does not fit this device for a {params.n_ctx}-token bench with "
+                f"{params.backend}: " + "; ".join(plan.reasons),
+                list(plan.reasons),
+                f"see the alternatives with: locara plan {manifest.id}"
+                + (f" ({plan.alternatives[0]})" if plan.alternatives else ""),
+            )
+        if (plan.n_ctx or 0) < params.n_ctx or plan.kv_type != params.kv_type:
+            raise NoFitError(
+                f"{label} fits this device only with a {plan.n_ctx}-token context and "
+                f"{plan.kv_type} KV cache, not the {params.n_ctx} tokens ({params.kv_type}) "
+                "this bench needs",
+                list(plan.reasons) + list(plan.warnings),
+                f"lower --n-prompt/--n-gen to fit {plan.n_ctx} tokens, or see: "
+                f"locara plan {manifest.id}",
+            )
+        verdict = plan.to_dict()
+        return {"planner": True, "memory": verdict["memory"], "budget_bytes": plan.budget_bytes}
+    if artifact.format != "gguf":
+        return None
+    # MLX reading a GGUF (no MLX artifact for the planner to judge): the fit estimate alone.
+    from locara.device.fit import estimate_fit
+    from locara.device.gguf_meta import read_gguf
+
+    est = estimate_fit(read_gguf(blob.path), params.n_ctx, params.kv_type, params.backend)
+    available = device.ram_available_bytes
     if est.total_bytes > available:
         gib = 2**30
         raise NoFitError(
-            f"{manifest.id} ({artifact.quant or artifact.format}) does not fit this device: it "
-            f"needs about {est.total_bytes / gib:.1f} GiB at context {params.n_ctx}, "
-            f"{available / gib:.1f} GiB is available",
-            [
-                f"weights {est.weights_bytes / gib:.2f} GiB",
-                f"KV cache {est.kv_bytes / gib:.2f} GiB ({params.kv_type}, {params.n_ctx} tokens)",
-                f"compute buffers {est.compute_bytes / gib:.2f} GiB",
-                f"runtime overhead {est.overhead_bytes / gib:.2f} GiB",
-            ],
-            f"try a smaller quant or a smaller model (see: locara plan {manifest.id}), "
-            "or close other programs",
+            f"{label} does not fit this device: it needs about {est.total_bytes / gib:.1f} GiB "
+            f"at context {params.n_ctx}, {available / gib:.1f} GiB is available",
+            [f"estimate {est.to_dict()}"],
+            f"try a smaller quant or model (see: locara plan {manifest.id})",
         )
-    return {**est.to_dict(), "available_bytes": available}
+    return {"planner": False, "memory": est.to_dict(), "budget_bytes": available}
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -261,23 +272,17 @@ class RepSample:
 
 
 def _load(settings: Settings, target: BenchTarget, params: BenchParams) -> tuple[Any, float]:
+    from locara.engine.loader import ResolvedModel, load
+
     opts = LoadOptions(
         n_ctx=params.n_ctx,
         n_threads=params.n_threads,
         n_batch=params.n_batch,
         kv_type=params.kv_type,
     )
-    if params.backend == "llama_cpp":
-        from locara.engine.loader import ResolvedModel, load
-
-        resolved = ResolvedModel(target.ref, target.manifest, target.artifact, target.blob)
-        handle = load(settings, resolved, opts)
-        return handle.model, handle.load_s
-    backend = require_backend(params.backend)
-    started = time.perf_counter()
-    model = backend.load(target.blob.path, target.manifest, opts)
-    BlobStore(settings).touch(target.blob.sha256)
-    return model, time.perf_counter() - started
+    resolved = ResolvedModel(target.ref, target.manifest, target.artifact, target.blob)
+    handle = load(settings, resolved, opts, backend=params.backend)
+    return handle.model, handle.load_s
 
 
 def _measure_llama(

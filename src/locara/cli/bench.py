@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def bench(
       locara bench smollm2-135m-instruct --plot bench.png
     """
     from locara.bench.results import append_result
-    from locara.bench.runner import BenchParams, device_info, prepare, run_bench
+    from locara.bench.runner import BenchParams, device_info, prepare, require_backend, run_bench
 
     cfg = settings()
     params = BenchParams(
@@ -95,16 +96,14 @@ def bench(
         backend=backend,
         n_threads=threads,
     ).validate()
+    # An unknown or uninstalled backend is reported before any model is looked at.
+    params = replace(params, backend=require_backend(params.backend))
     if plot is not None:
         from locara.ledger.plot import check_png_path
 
         check_png_path(plot)
     # Check every model before measuring any: a typo in the third should not cost
     # the minutes spent on the first two.
-    if params.backend != "llama_cpp":
-        from locara.bench.runner import require_backend
-
-        require_backend(params.backend)
     targets = [prepare(cfg, m, params) for m in models]
     device = device_info(cfg)
     results: list[dict[str, Any]] = []
