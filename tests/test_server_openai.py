@@ -10,10 +10,10 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from server_harness import RunningServer, running_server
 
 from locara.registry.catalog import Registry
 from locara.settings import Settings
+from server_harness import RunningServer, running_server
 
 MODEL = "smollm2-135m-instruct"
 CAPITAL = [{"role": "user", "content": "Name the capital city of France."}]

@@ -37,6 +37,7 @@ from locara.errors import (
     ContextOverflowError,
     ModelFormatError,
     UnsupportedFeatureError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -186,6 +187,8 @@ class LlamaCppModel:
         req.validate()
         tokens = self.prompt_tokens(req)
         n_prompt = len(tokens)
+        if not tokens:  # llama.cpp cannot start from nothing (no BOS for this model)
+            raise UsageError("the prompt is empty", "send a non-empty prompt")
         if n_prompt >= self.n_ctx:
             raise ContextOverflowError(n_prompt, req.max_tokens or 0, self.n_ctx)
         budget = req.max_tokens if req.max_tokens is not None else self.n_ctx - n_prompt

@@ -257,7 +257,9 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
     )
     try:
-        req = _request(lease, opts, svc.cap_tokens(max_tokens), body.format, messages=messages)
+        req = _request(
+            lease, opts, svc.cap_tokens(max_tokens, lease), body.format, messages=messages
+        )
     except BaseException:
         lease.release()
         raise
@@ -290,12 +292,16 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     )
     try:
         if body.raw:
-            req = _request(lease, opts, svc.cap_tokens(max_tokens), body.format, prompt=body.prompt)
+            req = _request(
+                lease, opts, svc.cap_tokens(max_tokens, lease), body.format, prompt=body.prompt
+            )
         else:
             msgs = ((Message("system", body.system),) if body.system else ()) + (
                 Message("user", body.prompt),
             )
-            req = _request(lease, opts, svc.cap_tokens(max_tokens), body.format, messages=msgs)
+            req = _request(
+                lease, opts, svc.cap_tokens(max_tokens, lease), body.format, messages=msgs
+            )
     except BaseException:
         lease.release()
         raise

@@ -157,7 +157,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             )
         req = GenerationRequest(
             messages=messages,
-            max_tokens=svc.cap_tokens(body.max_completion_tokens or body.max_tokens),
+            max_tokens=svc.cap_tokens(body.max_completion_tokens or body.max_tokens, lease),
             sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
             stop=stop_tuple(body.stop),
             json_schema=schema,
@@ -288,7 +288,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     try:
         req = GenerationRequest(
             prompt=prompt,
-            max_tokens=svc.cap_tokens(body.max_tokens),
+            max_tokens=svc.cap_tokens(body.max_tokens, lease),
             sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
             stop=stop_tuple(body.stop),
             logprobs=body.logprobs,

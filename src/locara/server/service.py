@@ -75,9 +75,11 @@ class Service:
                 run.cancel()
         return chunks
 
-    def cap_tokens(self, max_tokens: int | None) -> int | None:
+    def cap_tokens(self, max_tokens: int | None, lease: Lease) -> int | None:
+        """Apply the operator's LOCARA_MAX_TOKENS cap; a request beyond the context is left
+        alone so that it fails with the token counts, as it would without a cap."""
         cap = self.config.max_tokens_cap
-        if cap is None:
+        if cap is None or (max_tokens is not None and max_tokens > lease.handle.model.n_ctx):
             return max_tokens
         return cap if max_tokens is None else min(max_tokens, cap)
 
