@@ -114,7 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner.log.append(e)
         return e
 
-    def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+    def _simple(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
         self._entry(status)
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -138,7 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
             nth = fault.count
         mode, p = fault.mode, fault.params
         if mode == "status" and nth <= len(p["codes"]):
-            self._simple(p["codes"][nth - 1], b"busy", {"Retry-After": str(p.get("retry_after", 0))})
+            self._simple(
+                p["codes"][nth - 1], b"busy", {"Retry-After": str(p.get("retry_after", 0))}
+            )
             return
         if mode == "auth" and self.headers.get("Authorization") != f"Bearer {p['token']}":
             self._simple(401, b"gated")

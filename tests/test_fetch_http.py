@@ -6,15 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_SHA, DEFAULT_SIZE
-from loopback_server import LoopbackServer, write_manifest
 
+from conftest import DEFAULT_SHA, DEFAULT_SIZE
 from locara.errors import FetchError, IntegrityError, OfflineError
 from locara.registry.catalog import Registry
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, hash_file
 from locara.store.fetch import ensure_artifact, partial_files
 from locara.store.http import HttpOptions
+from loopback_server import LoopbackServer, write_manifest
 
 FAST = HttpOptions(attempts=4, backoff_s=0.01)
 PATH = "/org/repo/resolve/main/model.gguf"
@@ -29,9 +29,7 @@ def server(default_gguf: Path) -> Iterator[LoopbackServer]:
 
 
 def _settings(home: Path, reg: Path, **env: str) -> Settings:
-    return Settings.from_env(
-        {"LOCARA_HOME": str(home), "LOCARA_REGISTRY_PATH": str(reg), **env}
-    )
+    return Settings.from_env({"LOCARA_HOME": str(home), "LOCARA_REGISTRY_PATH": str(reg), **env})
 
 
 def _pull(settings: Settings, model_id: str = "loop") -> Path:
@@ -60,7 +58,9 @@ def _no_wrong_blobs(home: Path) -> None:
             assert hash_file(f)[0] == d.name
 
 
-def test_download_verifies_and_stores_read_only(home: Path, reg: Path, server: LoopbackServer) -> None:
+def test_download_verifies_and_stores_read_only(
+    home: Path, reg: Path, server: LoopbackServer
+) -> None:
     s = _settings(home, reg)
     path = _pull(s)
     assert path == home / "models" / DEFAULT_SHA / "model.gguf"
@@ -113,7 +113,9 @@ def test_cut_connection_resumes_with_only_the_missing_bytes(
     assert second.sent == DEFAULT_SIZE - start  # only what was missing
 
 
-def test_server_ignoring_range_restarts_cleanly(home: Path, reg: Path, server: LoopbackServer) -> None:
+def test_server_ignoring_range_restarts_cleanly(
+    home: Path, reg: Path, server: LoopbackServer
+) -> None:
     s = _settings(home, reg)
     # a real prefix left by a dead process, then a server that ignores Range
     s.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,9 @@ def test_persistent_503_gives_up_with_a_hint(home: Path, reg: Path, server: Loop
     assert err.value.hint
 
 
-def test_read_timeout_is_retried_then_reported(home: Path, reg: Path, server: LoopbackServer) -> None:
+def test_read_timeout_is_retried_then_reported(
+    home: Path, reg: Path, server: LoopbackServer
+) -> None:
     import httpx
 
     server.fault(PATH, "stall", at=5_000_000, timeout=5)
@@ -213,7 +217,9 @@ def test_hf_shorthand_and_token(home: Path, tmp_path: Path, server: LoopbackServ
     server.fault(PATH, "auth", token="hf_secret")
     reg = tmp_path / "reg"
     write_manifest(
-        reg, "loop", {"url": "hf://org/repo/model.gguf", "sha256": DEFAULT_SHA, "size_bytes": DEFAULT_SIZE}
+        reg,
+        "loop",
+        {"url": "hf://org/repo/model.gguf", "sha256": DEFAULT_SHA, "size_bytes": DEFAULT_SIZE},
     )
     with pytest.raises(FetchError) as err:
         _pull(_settings(home, reg, HF_ENDPOINT=server.url))

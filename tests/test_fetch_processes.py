@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_SHA, DEFAULT_SIZE, run_cli
-from loopback_server import LoopbackServer, write_manifest
 
+from conftest import DEFAULT_SHA, DEFAULT_SIZE, run_cli
 from locara.settings import Settings
 from locara.store.blobs import hash_file
 from locara.store.fetch import partial_files
+from loopback_server import LoopbackServer, write_manifest
 
 PATH = "/org/repo/resolve/main/model.gguf"
 

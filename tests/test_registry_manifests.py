@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_SHA, run_cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from loopback_server import write_manifest
 
+from conftest import DEFAULT_SHA, run_cli
 from locara.errors import InvalidReferenceError, ManifestError, UnknownModelError
 from locara.registry.catalog import Registry, builtin_registry_dir, load_manifest
 from locara.registry.manifest import Artifact, manifest_json_schema, tree_digest
@@ -18,6 +17,7 @@ from locara.registry.refs import parse_ref
 from locara.registry.signing import public_key_text, sign_manifest
 from locara.settings import Settings
 from locara.store.blobs import BlobStore
+from loopback_server import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 FACTS = REPO.parent / "shared" / "registry-facts.json"
@@ -97,7 +97,16 @@ def test_manifest_with_a_traversal_filename_is_refused(tmp_path: Path) -> None:
     path = write_manifest(
         tmp_path,
         "evil",
-        {"files": [{"name": "../../x.gguf", "url": "https://h/x", "sha256": DEFAULT_SHA, "size_bytes": 1}]},
+        {
+            "files": [
+                {
+                    "name": "../../x.gguf",
+                    "url": "https://h/x",
+                    "sha256": DEFAULT_SHA,
+                    "size_bytes": 1,
+                }
+            ]
+        },
     )
     with pytest.raises(ManifestError) as err:
         load_manifest(path)
@@ -119,14 +128,26 @@ def test_manifest_strictness(tmp_path: Path) -> None:
         assert where in err.value.message
     path = write_manifest(tmp_path, "other-name", base)
     path.rename(tmp_path / "m.json")
-    with pytest.raises(ManifestError, match="rename the file|declares id"):
+    with pytest.raises(ManifestError, match="declares id"):
         load_manifest(tmp_path / "m.json")
 
 
 def test_multi_file_artifact_digest() -> None:
     files = [
-        {"name": "m-00001-of-00002.gguf", "url": "https://h/1", "sha256": "1" * 64, "size_bytes": 5, "role": "part"},
-        {"name": "m-00002-of-00002.gguf", "url": "https://h/2", "sha256": "2" * 64, "size_bytes": 7, "role": "part"},
+        {
+            "name": "m-00001-of-00002.gguf",
+            "url": "https://h/1",
+            "sha256": "1" * 64,
+            "size_bytes": 5,
+            "role": "part",
+        },
+        {
+            "name": "m-00002-of-00002.gguf",
+            "url": "https://h/2",
+            "sha256": "2" * 64,
+            "size_bytes": 7,
+            "role": "part",
+        },
     ]
     a = Artifact.model_validate({"format": "gguf", "files": files})
     assert a.sha256 == tree_digest([(f["name"], f["sha256"]) for f in files])  # type: ignore[misc]
@@ -142,7 +163,9 @@ def test_multi_file_artifact_digest() -> None:
 
 def test_exported_json_schema_is_up_to_date() -> None:
     on_disk = json.loads((REPO / "docs" / "manifest.schema.json").read_text())
-    assert on_disk == manifest_json_schema(), "regenerate: python -m locara.registry.manifest > docs/manifest.schema.json"
+    assert on_disk == manifest_json_schema(), (
+        "regenerate: python -m locara.registry.manifest > docs/manifest.schema.json"
+    )
 
 
 def test_every_builtin_manifest_validates_against_the_schema() -> None:
@@ -179,20 +202,27 @@ def test_curated_hashes_come_from_the_sourced_facts(settings: Settings) -> None:
                 sha = f.sha256
                 url = f.url
                 if sha is None:
-                    assert not m.curated, f"{m.id}: an artifact without a hash must be curated: false"
+                    assert not m.curated, (
+                        f"{m.id}: an artifact without a hash must be curated: false"
+                    )
                     assert url in by_url and by_url[url]["sha256"] is None
                     continue
                 fact = by_sha.get(sha)
-                if fact is None and m.id == "smollm2-135m-instruct":
-                    continue
                 assert fact is not None, f"{m.id}: {sha} is not a sourced hash"
                 assert fact["size_bytes"] in (None, f.size_bytes)
                 assert url is None or url == fact["url"]
 
 
 def test_user_registry_path_shadows_builtin(tmp_path: Path) -> None:
-    write_manifest(tmp_path, "smollm2-135m-instruct", {"url": "https://h/x.gguf", "sha256": "1" * 64}, version="9.9.9")
-    s = Settings.from_env({"LOCARA_HOME": str(tmp_path / "h"), "LOCARA_REGISTRY_PATH": f"/nonexistent:{tmp_path}"})
+    write_manifest(
+        tmp_path,
+        "smollm2-135m-instruct",
+        {"url": "https://h/x.gguf", "sha256": "1" * 64},
+        version="9.9.9",
+    )
+    s = Settings.from_env(
+        {"LOCARA_HOME": str(tmp_path / "h"), "LOCARA_REGISTRY_PATH": f"/nonexistent:{tmp_path}"}
+    )
     assert Registry(s).get("smollm2-135m-instruct").version == "9.9.9"
 
 
@@ -204,7 +234,9 @@ def test_unknown_model_suggests_near_matches(settings: Settings) -> None:
 
 def test_pull_unknown_id_cli(home: Path) -> None:
     res = run_cli("pull", "qwen2.5-7b", home=home)
-    assert res.returncode == 1 and "did you mean" in res.stderr and "qwen2.5-7b-instruct" in res.stderr
+    assert (
+        res.returncode == 1 and "did you mean" in res.stderr and "qwen2.5-7b-instruct" in res.stderr
+    )
 
 
 def test_pull_of_uncurated_entry_warns_first(home: Path) -> None:
@@ -223,7 +255,9 @@ def signed(tmp_path: Path) -> tuple[Settings, Path, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.generate()
     home = tmp_path / "home"
     reg = tmp_path / "reg"
-    path = write_manifest(reg, "signed", {"url": "https://h/x.gguf", "sha256": DEFAULT_SHA, "size_bytes": 5})
+    path = write_manifest(
+        reg, "signed", {"url": "https://h/x.gguf", "sha256": DEFAULT_SHA, "size_bytes": 5}
+    )
     path.write_text(json.dumps(sign_manifest(json.loads(path.read_text()), key)))
     s = Settings.from_env({"LOCARA_HOME": str(home), "LOCARA_REGISTRY_PATH": str(reg)})
     s.trusted_keys_dir.mkdir(parents=True)
@@ -260,7 +294,9 @@ def test_tampered_or_unsigned_manifest_is_refused(
     assert "trusted" in (err.value.hint or "")
 
 
-def test_signature_by_another_key_is_refused(signed: tuple[Settings, Path, Ed25519PrivateKey]) -> None:
+def test_signature_by_another_key_is_refused(
+    signed: tuple[Settings, Path, Ed25519PrivateKey],
+) -> None:
     s, path, _ = signed
     data = json.loads(path.read_text())
     path.write_text(json.dumps(sign_manifest(data, Ed25519PrivateKey.generate())))
@@ -277,5 +313,7 @@ def test_bad_trusted_key_file(signed: tuple[Settings, Path, Ed25519PrivateKey]) 
 
 def test_without_trusted_keys_signatures_are_optional(tmp_path: Path) -> None:
     write_manifest(tmp_path, "plain", {"url": "https://h/x.gguf", "sha256": DEFAULT_SHA})
-    s = Settings.from_env({"LOCARA_HOME": str(tmp_path / "h"), "LOCARA_REGISTRY_PATH": str(tmp_path)})
+    s = Settings.from_env(
+        {"LOCARA_HOME": str(tmp_path / "h"), "LOCARA_REGISTRY_PATH": str(tmp_path)}
+    )
     assert Registry(s).get("plain").signature is None

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_MODEL, DEFAULT_SHA, DEFAULT_SIZE, run_cli
 
+from conftest import DEFAULT_MODEL, DEFAULT_SHA, DEFAULT_SIZE, run_cli
 from locara.errors import IntegrityError, PinnedModelError, StoreError
 from locara.registry.catalog import Registry
 from locara.settings import Settings
-from locara.store.adopt import add_local_file, add_local_tree, import_hf, import_ollama
+from locara.store.adopt import add_local_file, add_local_tree, import_ollama
 from locara.store.blobs import BlobStore, hash_file
 from locara.store.fetch import ensure_artifact
 from locara.store.gc import gc, remove_blob, users_of
@@ -114,7 +114,9 @@ def test_symlink_planted_at_blob_dir_is_refused(settings: Settings, tmp_path: Pa
     assert (evil / "model.gguf").read_bytes() == b"not the model"
 
 
-def test_symlink_planted_at_blob_file_is_refused(settings: Settings, stored: Path, tmp_path: Path) -> None:
+def test_symlink_planted_at_blob_file_is_refused(
+    settings: Settings, stored: Path, tmp_path: Path
+) -> None:
     other = tmp_path / "other.gguf"
     other.write_bytes(b"x" * 100)
     os.chmod(stored, 0o644)
@@ -144,7 +146,14 @@ def test_writing_through_an_app_hardlink_fails(open_home: Path, tmp_path: Path) 
     app = tmp_path / "app"
     app.mkdir()
     (app / "locara.app.json").write_text(
-        json.dumps({"id": "w", "name": "W", "version": "1", "models": [f"{DEFAULT_MODEL}@sha256:{DEFAULT_SHA}"]})
+        json.dumps(
+            {
+                "id": "w",
+                "name": "W",
+                "version": "1",
+                "models": [f"{DEFAULT_MODEL}@sha256:{DEFAULT_SHA}"],
+            }
+        )
     )
     from locara.apps.install import install_app
 
@@ -209,7 +218,9 @@ def test_rm_unknown_model_suggests(home: Path) -> None:
     assert res.returncode == 1 and "did you mean: smollm2-135m-instruct" in res.stderr
 
 
-def test_import_ollama_store_by_hardlink(settings: Settings, default_gguf: Path, tmp_path: Path) -> None:
+def test_import_ollama_store_by_hardlink(
+    settings: Settings, default_gguf: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "ollama"
     (root / "blobs").mkdir(parents=True)
     src = root / "blobs" / f"sha256-{DEFAULT_SHA}"
@@ -219,9 +230,15 @@ def test_import_ollama_store_by_hardlink(settings: Settings, default_gguf: Path,
     mdir = root / "manifests" / "registry.ollama.ai" / "library" / "smollm2"
     mdir.mkdir(parents=True)
     layer = "application/vnd.ollama.image.model"
-    (mdir / "135m").write_text(json.dumps({"layers": [{"mediaType": layer, "digest": f"sha256:{DEFAULT_SHA}"}]}))
-    (mdir / "bad").write_text(json.dumps({"layers": [{"mediaType": layer, "digest": f"sha256:{bad_sha}"}]}))
-    (mdir / "evil").write_text(json.dumps({"layers": [{"mediaType": layer, "digest": "sha256:../../x"}]}))
+    (mdir / "135m").write_text(
+        json.dumps({"layers": [{"mediaType": layer, "digest": f"sha256:{DEFAULT_SHA}"}]})
+    )
+    (mdir / "bad").write_text(
+        json.dumps({"layers": [{"mediaType": layer, "digest": f"sha256:{bad_sha}"}]})
+    )
+    (mdir / "evil").write_text(
+        json.dumps({"layers": [{"mediaType": layer, "digest": "sha256:../../x"}]})
+    )
     results = import_ollama(BlobStore(settings), root)
     ok = [r for r in results if r.blob]
     assert len(ok) == 1 and ok[0].mode == "hardlink"

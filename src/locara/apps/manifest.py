@@ -81,10 +81,9 @@ def load_app_manifest(path: Path) -> tuple[AppManifest, Path]:
     try:
         return AppManifest.model_validate(data), file.parent
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = str(first.get("ctx", {}).get("error", first["msg"]))
+        from locara.registry.catalog import describe_validation_error
+
         raise ManifestError(
-            f"invalid app manifest {file}: {loc}: {msg}",
+            f"invalid app manifest {file}: {describe_validation_error(exc)}",
             'models are "<id>@sha256:<hex>" pins or {"id","bundled":true,"path","sha256"}',
         ) from exc

@@ -33,9 +33,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     loc = ".".join(
         str(p)
         for p in best["loc"]
-        if not (isinstance(p, str) and ("[" in p or p == "Artifact"))
+        if not (isinstance(p, str) and ("[" in p or p[:1].isupper()))  # union/model tags
     )
-    return f"{loc}: {best['msg']}"
+    msg = str(best.get("ctx", {}).get("error", best["msg"]))
+    return f"{loc}: {msg}"
 
 
 def load_manifest(
