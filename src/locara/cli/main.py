@@ -22,6 +22,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("locara.cli.run", "run", "Run a model: one answer, or an interactive chat."),
     "ls": ("locara.cli.models", "ls", "List models in the store."),
     "show": ("locara.cli.models", "show", "Show a model's manifest and GGUF metadata."),
+    "device": ("locara.cli.device", "device", "Show this machine's device profile (--json)."),
+    "plan": (
+        "locara.cli.plan",
+        "plan",
+        "Explain how a model would run here: backend, quant, memory.",
+    ),
+    "recommend": (
+        "locara.cli.recommend",
+        "recommend",
+        "Models for this device by tier, with speed.",
+    ),
     "pull": ("locara.cli.pull", "pull", "Download a model into the store and verify it."),
     "rm": ("locara.cli.pull", "rm", "Remove a model's blobs from the store."),
     "cache": ("locara.cli.cache", "cache", "Store upkeep: ls, verify [--deep], gc, import."),

@@ -52,6 +52,7 @@ from locara.device.fit import (
 from locara.device.profile import DeviceProfile, cpu_bandwidth_default
 from locara.errors import LocaraError
 from locara.registry.manifest import Artifact, ModelManifest
+from locara.settings import Settings
 
 GiB = 2**30
 DEFAULT_CTX = 4096
@@ -463,6 +464,7 @@ def plan_model(
         mem_class = max(vram, device.ram_total_bytes // 2)
     ceiling = quant_rank(quant_ceiling(mem_class))
     near_misses: list[_Attempt] = []
+    chosen: _Attempt | None = None
     for backend in order:
         key = "llamacpp" if backend == "llama_cpp" else "mlx"
         arts = list(manifest.artifact_list(key))
@@ -477,15 +479,16 @@ def plan_model(
         if battery_low:
             arts.sort(key=lambda a: -quant_rank(a.quant))  # smallest first
         else:
-            arts.sort(key=lambda a: (quant_rank(a.quant) < ceiling, quant_rank(a.quant)))
-            # at/under the ceiling best-first, then those above it smallest-first
-            under = [a for a in arts if quant_rank(a.quant) >= ceiling]
+            # At or under the ceiling best-first, then those above it smallest-first.
+            under = sorted(
+                (a for a in arts if quant_rank(a.quant) >= ceiling),
+                key=lambda a: quant_rank(a.quant),
+            )
             over = sorted(
                 (a for a in arts if quant_rank(a.quant) < ceiling),
                 key=lambda a: -quant_rank(a.quant),
             )
             arts = under + over
-        chosen: _Attempt | None = None
         for art in arts:
             path = paths.get(art.sha256 or "")
             shape, exact, err = _shape_for(art, manifest, path)
@@ -495,11 +498,14 @@ def plan_model(
             attempt = _try_contexts(device, backend, art, shape, exact, want)
             if attempt.ok and chosen is None:
                 chosen = attempt
-                continue
-            if attempt.ok:
-                rejected.append(
-                    Rejected(backend, art.quant, _why_not_chosen(chosen, art, ceiling), art.sha256)
+            elif attempt.ok:
+                assert chosen is not None
+                why = (
+                    _why_not_chosen(chosen, art, ceiling)
+                    if chosen.backend == backend
+                    else f"fits, but {chosen.backend} is preferred on this device"
                 )
+                rejected.append(Rejected(backend, art.quant, why, art.sha256))
             else:
                 near_misses.append(attempt)
                 rejected.append(
@@ -511,11 +517,11 @@ def plan_model(
                         attempt.estimate.total_bytes,
                     )
                 )
-        if chosen is not None:
-            return _finish(
-                manifest, device, chosen, want, requested, battery_low, results,
-                reasons, warnings, rejected, ceiling,
-            )  # fmt: skip
+    if chosen is not None:
+        return _finish(
+            manifest, device, chosen, want, requested, battery_low, results,
+            reasons, warnings, rejected, ceiling,
+        )  # fmt: skip
     return _no_fit(manifest, device, want, requested, near_misses, reasons, warnings, rejected)
 
 
@@ -740,3 +746,18 @@ def _no_fit(
 
 def bits_per_weight(quant: str | None) -> float:
     return QUANT_BITS.get((quant or "").upper(), 4.85)
+
+
+def local_gguf_paths(settings: Settings, manifests: Iterable[ModelManifest]) -> dict[str, Path]:
+    """sha256 -> GGUF path for the artifacts of ``manifests`` already in the store."""
+    from locara.store.blobs import BlobStore
+
+    store = BlobStore(settings)
+    out: dict[str, Path] = {}
+    for m in manifests:
+        for _, art in m.all_artifacts():
+            if art.format == "gguf" and art.sha256:
+                blob = store.find(art.sha256)
+                if blob is not None:
+                    out[art.sha256] = blob.path
+    return out
