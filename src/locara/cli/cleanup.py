@@ -4,9 +4,10 @@ Status per stored blob: ``pinned`` (an app, or another holder, references it in 
 store index; never removed here), ``stale`` (not used for more than the threshold),
 or ``active``. Last use is the later of the store's own last-used time and the usage
 ledger's latest request for that blob; a blob never used counts from when it was
-stored. Removal goes through the store: references are re-read right before each
-removal, a blob a running process holds (an install, a loaded model) is skipped,
-and ``BlobStore.remove`` deletes the directory and its index row.
+stored. Who keeps a blob and removing it are the store's business
+(``locara.store.gc.users_of`` / ``remove_blob``): references are re-read right before
+each removal, and a blob a running process holds (an install, a loaded model) or an
+assembled artifact links is kept.
 """
 
 from __future__ import annotations
@@ -24,15 +25,10 @@ from locara.ledger.report import iso
 from locara.registry.refs import parse_ref
 from locara.settings import Settings
 from locara.store.blobs import BlobStore
+from locara.store.gc import remove_blob, users_of
 
 APP_PREFIX = "app:"
 DAY = 86400.0
-
-
-def _in_use(store: BlobStore, sha256: str) -> bool:
-    # The store's in-use leases (held by installs and loaded models), when it has them.
-    probe = getattr(store, "in_use", None)
-    return bool(probe(sha256)) if callable(probe) else False
 
 
 def inventory(
@@ -46,8 +42,9 @@ def inventory(
     ledger_last = UsageDB(cfg.usage_db_path).last_used_by_sha()
     out: list[dict[str, Any]] = []
     for rec in store.index.blobs():
-        holders = store.index.refs(rec.sha256)
-        apps = [h[len(APP_PREFIX) :] for h in holders if h.startswith(APP_PREFIX)]
+        users = users_of(store, rec.sha256)
+        holders = list(users.holders)
+        apps = list(users.apps)
         used = max(
             (t for t in (rec.last_used, ledger_last.get(rec.sha256)) if t is not None),
             default=None,
@@ -56,6 +53,8 @@ def inventory(
         idle_days = max(0.0, (now - basis) / DAY)
         if holders:
             status = "pinned"
+        elif users.in_trees:
+            status = "part"  # a file of an assembled artifact: goes with it
         elif idle_days > threshold_days:
             status = "stale"
         else:
@@ -73,8 +72,9 @@ def inventory(
                 "status": status,
                 "pinned_by": apps,
                 "holders": holders,
-                "in_use": _in_use(store, rec.sha256),
-                "reclaimable": status == "stale",
+                "in_use": users.in_use,
+                "part_of": list(users.in_trees),
+                "reclaimable": status == "stale" and not users.in_use,
                 "_last": used,
             }
         )
@@ -104,11 +104,12 @@ def _holder_text(row: dict[str, Any]) -> str:
 
 
 def _remove(store: BlobStore, row: dict[str, Any]) -> bool:
-    """Remove one blob unless someone holds or uses it now; True if it was removed."""
-    # Re-read the references at the last moment: an app may have pinned it since.
-    if store.index.refs(row["sha256"]) or _in_use(store, row["sha256"]):
+    """Remove one blob through the store's rules; False if it became pinned or busy."""
+    try:
+        remove_blob(store, row["sha256"])
+    except (PinnedModelError, StoreError):
+        # Pinned or put to use between the listing and now: the store said no.
         return False
-    store.remove(row["sha256"])
     return True
 
 
@@ -172,6 +173,13 @@ def cleanup(threshold: float, remove_stale: bool, remove: tuple[str, ...], as_js
                 sorted({h for r in held for h in r["holders"]}),
                 hint,
             )
+        parts = [r for r in picked if r["status"] == "part"]
+        if parts:
+            raise UsageError(
+                f"{reference} is a file of an assembled artifact "
+                f"({', '.join(p[:12] for p in parts[0]['part_of'])}); nothing was removed",
+                "remove the artifact it belongs to; its files go with it",
+            )
         busy = [r for r in picked if r["in_use"]]
         if busy:
             raise StoreError(
@@ -232,6 +240,8 @@ def cleanup(threshold: float, remove_stale: bool, remove: tuple[str, ...], as_js
             status = f"pinned by {_holder_text(r)}"
         elif status == "stale":
             status = f"stale (>{threshold:g}d)"
+        elif status == "part":
+            status = "part of " + ", ".join(p[:12] for p in r["part_of"])
         if r["in_use"]:
             status += ", in use"
         click.echo(f"{name:40} {human_size(r['size_bytes']):>9}  {last:14} {status}")
