@@ -132,3 +132,21 @@ def test_torn_spool_line_is_skipped_and_replay_is_idempotent(home: Path) -> None
     rows = db.rows()
     assert len(rows) == 1
     assert db.pending() == 0
+
+
+def test_repair_never_moves_a_locked_database_aside(home: Path) -> None:
+    cfg = Settings.from_env()
+    record_usage(cfg, _rec())
+    holder = sqlite3.connect(home / "usage.db", isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")  # not even readers get in
+        res = run_cli("usage", "--repair", home=home, env={})
+        assert res.returncode == 1
+        assert "is locked" in res.stderr and "retry in a moment" in res.stderr
+        assert not list(home.glob("usage.db.corrupt-*"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    res = run_cli("usage", "--json", home=home)
+    assert json.loads(res.stdout)["totals"]["requests"] == 1

@@ -31,7 +31,7 @@ from locara.errors import LedgerError
 # a stuck process holding a lock) ever reaches it.
 WRITE_BUSY_MS = 2000
 # Reports may wait longer: nobody's request is waiting on them.
-READ_BUSY_MS = 10000
+READ_BUSY_MS = 5000
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -257,10 +257,16 @@ class UsageDB:
                 "another process holds it; retry in a moment (requests keep working and are "
                 "queued in " + self.spool.name + ")",
             )
+        if why.startswith("corrupted"):
+            return LedgerError(
+                f"cannot read the usage database {self.path}: {why}",
+                "repair it with: locara usage --repair  (keeps every readable row and "
+                "moves the damaged file aside)",
+            )
         return LedgerError(
-            f"cannot read the usage database {self.path}: {why}",
-            "repair it with: locara usage --repair  (keeps every readable row and "
-            "moves the damaged file aside)",
+            f"cannot open the usage database {self.path}: {why}",
+            f"check that {self.path.parent} is writable and has free space "
+            "(or point LOCARA_HOME elsewhere)",
         )
 
     # -- repair --------------------------------------------------------------------
@@ -272,11 +278,14 @@ class UsageDB:
         """
         try:
             with self._connect(READ_BUSY_MS) as conn:
-                conn.execute("PRAGMA quick_check").fetchall()
-                drained = self._drain_into(conn, blocking=True)
-            return None, 0, drained
+                healthy = conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+                if healthy:
+                    return None, 0, self._drain_into(conn, blocking=True)
+        except sqlite3.OperationalError as exc:
+            # Locked, unreadable, out of disk: not damage. Never move such a file aside.
+            raise self._error(exc) from exc
         except sqlite3.DatabaseError:
-            pass
+            pass  # "file is not a database", "malformed": rebuild below
         salvaged = _salvage(self.path)
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(self.path, aside)
