@@ -8,9 +8,15 @@ not installed raises ``BackendUnavailableError`` with the install command.
 from __future__ import annotations
 
 import importlib
+import platform
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from locara.backends.base import Availability, Backend
 from locara.errors import BackendUnavailableError, UsageError
+
+if TYPE_CHECKING:
+    from locara.registry.manifest import ModelManifest
 
 # name -> (module, class, how to install it). Modules import their engines lazily.
 _BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -63,3 +69,34 @@ def get_backend(name: str) -> Backend:
 def available_backends() -> list[str]:
     """Names of the backends that can run on this machine."""
     return [n for n in BACKEND_NAMES if _instance(n).available().ok]
+
+
+# Request features only llama.cpp serves; MLX refuses them (UnsupportedFeatureError).
+LLAMA_CPP_ONLY_FEATURES = frozenset({"json_schema", "embeddings", "logprobs", "grammar", "lora"})
+
+
+def preferred_backend(
+    manifest: ModelManifest,
+    needs: Iterable[str] = (),
+    *,
+    system: str | None = None,
+    machine: str | None = None,
+    mlx_ok: bool | None = None,
+) -> str:
+    """The default rule of SPEC §4, before benchmarks refine it.
+
+    Apple Silicon (Darwin/arm64) + an MLX artifact in the manifest + MLX installed →
+    ``"mlx"``, unless the request needs a feature only llama.cpp has (JSON schema,
+    embeddings, logprobs, LoRA); everything else → ``"llama_cpp"``. On Linux MLX is
+    used only when asked for (``--backend mlx``) or when measured benchmarks say so,
+    which is the planner's call on top of this.
+    """
+    system = system or platform.system()
+    machine = machine or platform.machine()
+    if system != "Darwin" or machine not in ("arm64", "aarch64"):
+        return "llama_cpp"
+    if not manifest.artifact_list("mlx") or LLAMA_CPP_ONLY_FEATURES.intersection(needs):
+        return "llama_cpp"
+    if mlx_ok is None:
+        mlx_ok = availability("mlx").ok
+    return "mlx" if mlx_ok else "llama_cpp"
