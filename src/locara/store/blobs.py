@@ -189,7 +189,12 @@ class BlobStore:
         # A tree is only as good as its files: each must verify as its own blob, and
         # each link in the tree must be that very blob (same inode), not a copy.
         for entry, link in zip(blob.meta.get("files", []), blob.files, strict=True):
-            part = self.verify(check_sha256(str(entry["sha256"])), deep)
+            try:
+                part = self.verify(check_sha256(str(entry["sha256"])), deep)
+            except StoreError:
+                # A bad or missing file: the tree's link to it must not outlive it.
+                self.remove(blob.sha256)
+                raise
             if not os.path.samefile(part.path, link):
                 self.remove(blob.sha256)
                 raise IntegrityError(
