@@ -9,7 +9,7 @@ import click
 from locara.cli.common import echo_json, human_size, settings
 from locara.cli.device import current_profile
 from locara.device.profile import DeviceProfile
-from locara.errors import UnknownModelError
+from locara.errors import NoFitError, UnknownModelError
 from locara.planner.plan import (
     Plan,
     PlanRequest,
@@ -125,4 +125,8 @@ def plan(
         for line in render_plan(result, device, manifest.context_length):
             click.echo(line)
     if not result.ok:
-        raise click.exceptions.Exit(1)
+        raise NoFitError(
+            f"{manifest.id} does not fit this device",
+            list(result.reasons),
+            result.alternatives[0] if result.alternatives else None,
+        )

@@ -8,6 +8,7 @@ import click
 
 from locara.cli.common import echo_json, human_size, settings
 from locara.cli.device import current_profile
+from locara.errors import NoFitError
 from locara.planner.plan import local_gguf_paths, read_bench_results
 from locara.planner.rank import TASKS
 from locara.planner.recommend import recommend as recommend_models
@@ -52,7 +53,11 @@ def recommend(task: str, ctx: int | None, profile_file: Path | None, as_json: bo
         click.echo(f"No {task} model fits this device.")
         for line in recs.not_fitting + recs.notes:
             click.echo(f"  - {line}")
-        raise click.exceptions.Exit(1)
+        raise NoFitError(
+            f"no {task} model fits this device",
+            list(recs.not_fitting),
+            "free memory, or add a smaller model to a directory on LOCARA_REGISTRY_PATH",
+        )
     click.echo(f"\nRecommended {task} models:")
     for t in recs.tiers:
         tps = f"~{t.expected_tps:g} tok/s" if t.expected_tps else "speed unknown"
