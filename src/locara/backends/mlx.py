@@ -172,6 +172,8 @@ class MlxModel:
         """Stream the answer; the last chunk has the finish reason, usage and timings."""
         req.validate()
         self._refuse_unsupported(req)
+        if self._model is None:
+            raise BackendError(f"{self.manifest.id} was closed", "load the model again")
         tokens = self.prompt_tokens(req)
         n_prompt = len(tokens)
         if n_prompt >= self.n_ctx:

@@ -28,7 +28,7 @@ _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
+PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     "default": _GPT2_BYTE_LEVEL,
     "gpt2": _GPT2_BYTE_LEVEL,
     "smollm": {
@@ -49,7 +49,7 @@ _PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     },
 }
 
-SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
+SUPPORTED_PRE_TOKENIZERS = tuple(sorted(PRE_TOKENIZERS))
 
 
 def tokenizer_json_from_gguf(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def tokenizer_json_from_gguf(meta: Mapping[str, Any]) -> dict[str, Any]:
             "run this model with the llama.cpp backend: --backend llama_cpp",
         )
     pre_name = str(meta.get("tokenizer.ggml.pre", "default"))
-    pre = _PRE_TOKENIZERS.get(pre_name)
+    pre = PRE_TOKENIZERS.get(pre_name)
     if pre is None:
         raise UnsupportedFeatureError(
             f"the GGUF pre-tokenizer {pre_name!r} is not supported for MLX "

@@ -16,7 +16,7 @@ converter keeps them); matrices become f16 or q8_0. Output is deterministic.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -231,9 +231,9 @@ def _permute(w: np.ndarray[Any, Any], n_head: int) -> np.ndarray[Any, Any]:
 
 
 def _bpe_pre_name(pre: dict[str, Any] | None) -> str:
-    from locara.convert.gguf_tokenizer import _PRE_TOKENIZERS
+    from locara.convert.gguf_tokenizer import PRE_TOKENIZERS
 
-    for name, doc in _PRE_TOKENIZERS.items():
+    for name, doc in PRE_TOKENIZERS.items():
         if doc == pre or (
             isinstance(pre, dict) and pre.get("type") == "ByteLevel" and name == "gpt2"
         ):
@@ -320,6 +320,3 @@ def iter_file(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
     with path.open("rb") as f:
         while b := f.read(chunk):
             yield b
-
-
-ConvertFn = Callable[[Path, Path], Path]
