@@ -21,8 +21,9 @@ from typing import Any
 from locara.convert.gguf_to_mlx import MlxCheckpoint, gguf_to_checkpoint, require_mlx
 from locara.errors import ModelFormatError, UnsupportedFeatureError
 
-# model_type values whose mlx_lm module has been run through Locara's conformance suite.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# model_type values Locara's MLX backend has been run and tested with (the conformance
+# suite runs llama); other mlx_lm families are refused rather than guessed at.
+SUPPORTED_MODEL_TYPES = ("llama",)
 
 
 def _dir_error(path: Path, what: str) -> ModelFormatError:
