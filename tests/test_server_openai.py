@@ -13,7 +13,7 @@ import pytest
 
 from locara.registry.catalog import Registry
 from locara.settings import Settings
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer, metric, running_server
 
 MODEL = "smollm2-135m-instruct"
 CAPITAL = [{"role": "user", "content": "Name the capital city of France."}]
@@ -299,3 +299,32 @@ def test_health_and_metrics(server: RunningServer, client: openai.OpenAI) -> Non
     ):
         assert f"# TYPE {name.removesuffix('_bucket')}" in text
     assert f'locara_requests_total{{surface="openai",model="{MODEL}",status="ok"}}' in text
+
+
+def test_different_models_run_in_parallel(server: RunningServer) -> None:
+    # A generation that cannot end soon (the schema demands 300 items) holds one model...
+    long = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "List numbers."}],
+        "max_tokens": 2000,
+        "stream": True,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "n",
+                "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 300},
+            },
+        },
+    }
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=120) as r:
+        lines = (x for x in r.iter_lines() if x.startswith("data: {"))
+        next(lines)
+        next(lines)
+        # ...while another model (the same weights loaded for embeddings) answers in full,
+        r2 = httpx.post(
+            f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=120
+        )
+        assert r2.status_code == 200
+        # ...and the first is still generating: the second did not wait for it.
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "locara_in_flight_requests", model=MODEL, mode="generation") == 1
