@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlparse
 
 import httpx
@@ -79,6 +81,36 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return float(value) if value.strip().isdigit() else None
 
 
+class _StreamHash:
+    """SHA-256 computed on a second thread, fed in the order the bytes are written.
+
+    hashlib releases the GIL on large buffers, so hashing overlaps with receiving and
+    writing the next chunk: the download costs max(network, hash), not their sum.
+    The queue is bounded so a slow hash cannot buffer a whole model in memory.
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._t = threading.Thread(target=self._run, name="locara-sha256", daemon=True)
+        self._t.start()
+        self._done: str | None = None
+
+    def _run(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self._h.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._q.put(chunk)
+
+    def hexdigest(self) -> str:
+        if self._done is None:
+            self._q.put(None)
+            self._t.join()
+            self._done = self._h.hexdigest()
+        return self._done
+
+
 @dataclass
 class _Partial:
     """The file being written and the hash of exactly the bytes in it."""
@@ -86,13 +118,14 @@ class _Partial:
     path: Path
     file: IO[bytes]
     offset: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
+    hasher: _StreamHash = field(default_factory=_StreamHash)
 
     def restart(self) -> None:
         self.file.seek(0)
         self.file.truncate(0)
         self.offset = 0
-        self.hasher = hashlib.sha256()
+        self.hasher.hexdigest()  # let the old thread finish
+        self.hasher = _StreamHash()
 
 
 def _rehash(part: _Partial, limit: int | None) -> None:
@@ -133,8 +166,8 @@ def download(
         raise StoreError(
             f"cannot write {path}: {exc.strerror or exc}", "check LOCARA_HOME"
         ) from exc
-    with f:
-        part = _Partial(path, f)
+    part = _Partial(path, f)
+    try:
         _rehash(part, expected_size)
         if progress and part.offset:
             progress(part.offset)
@@ -165,6 +198,9 @@ def download(
         except OSError as exc:
             raise _disk_error(exc) from exc
         return part.hasher.hexdigest(), part.offset
+    finally:
+        part.hasher.hexdigest()  # never leave the hashing thread waiting
+        f.close()
 
 
 def _disk_error(exc: OSError) -> StoreError:
