@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import packaged_gguf
 from locara.device.fit import cpu_repack_types
 from locara.device.profile import BatteryInfo, DeviceProfile, GPUInfo
 from locara.planner.plan import (
@@ -440,3 +441,32 @@ def test_plan_uses_the_real_gguf_when_stored(shared_home: Path) -> None:
     assert plan.estimate is not None
     # 30 layers x 3 KV heads x (64 + 64) x 2 bytes x 2048 tokens, from the GGUF header.
     assert plan.estimate.kv_bytes == 2048 * 30 * 3 * 128 * 2
+
+
+def test_offline_device_only_plans_what_it_has(manifests: dict[str, ModelManifest]) -> None:
+    from dataclasses import replace
+
+    offline = replace(PROFILES["linux-4gb"], offline=True)
+    plan = plan_model(manifests["qwen2.5-0.5b-instruct"], offline)
+    assert not plan.ok
+    assert all("offline" in r.reason for r in plan.rejected)
+    # The same artifact, present on disk, is planned (from its real header) while offline.
+    stored = manifests["qwen2.5-0.5b-instruct"].artifact_list("llamacpp")[0]
+    assert stored.sha256
+    plan = plan_model(
+        manifests["qwen2.5-0.5b-instruct"],
+        offline,
+        gguf_path_of={stored.sha256: packaged_gguf()},  # any real GGUF stands in for it
+    )
+    assert plan.ok and plan.exact_shape and plan.quant == stored.quant
+
+
+def test_disk_too_small_for_the_download_is_a_warning(
+    manifests: dict[str, ModelManifest],
+) -> None:
+    from dataclasses import replace
+
+    cramped = replace(PROFILES["workstation-64gb-rtx4090"], disk_free_bytes=1 * GiB)
+    plan = plan_model(manifests["qwen2.5-7b-instruct"], cramped)
+    assert plan.ok
+    assert any("disk has" in w and "locara cleanup" in w for w in plan.warnings)

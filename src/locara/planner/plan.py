@@ -14,6 +14,7 @@ The rules, in order:
    16 GB → Q5_K_M, 32 GB → Q6_K, 64 GB → Q8_0, 96 GB+ → F16 — and the planner takes the
    best quant at or under the ceiling that fits, else the smallest above it that fits.
    On battery below 20% the smallest quant that fits wins (fewer bytes per token).
+   Offline, an artifact that is neither stored nor on this machine is rejected.
 3. Context: the request (default 4096), clamped to the model's trained context with a
    warning; if it does not fit, quantized KV (q8_0, then q4_0, with flash attention)
    before a shorter context, halving down to 512.
@@ -491,6 +492,16 @@ def plan_model(
             arts = under + over
         for art in arts:
             path = paths.get(art.sha256 or "")
+            if device.offline and path is None and not _has_local_source(art):
+                rejected.append(
+                    Rejected(
+                        backend,
+                        art.quant,
+                        "not in the store and this device is offline (it cannot be downloaded)",
+                        art.sha256,
+                    )
+                )
+                continue
             shape, exact, err = _shape_for(art, manifest, path)
             if shape is None:
                 rejected.append(Rejected(backend, art.quant, err, art.sha256))
@@ -660,6 +671,17 @@ def _finish(
     if battery_low:
         quant_note = f"quant {art.quant}: on battery below 20%, the smallest that fits"
     reasons.append(quant_note)
+    size = art.size_bytes or (sum(f.size_bytes for f in art.files) if art.files else 0)
+    if (
+        not chosen.exact
+        and device.disk_free_bytes is not None
+        and size
+        and size > device.disk_free_bytes
+    ):
+        warnings.append(
+            f"the download needs {_gb(size)} but the store's disk has {_gb(device.disk_free_bytes)} "
+            "free; make room with: locara cleanup"
+        )
     if not chosen.exact:
         warnings.append(
             "memory estimated from the manifest's size (the GGUF is not in the store yet); "
@@ -761,3 +783,11 @@ def local_gguf_paths(settings: Settings, manifests: Iterable[ModelManifest]) -> 
                 if blob is not None:
                     out[art.sha256] = blob.path
     return out
+
+
+def _has_local_source(art: Artifact) -> bool:
+    from locara.store.sources import is_local
+
+    return any(is_local(src) for src in art.sources) or any(
+        is_local(src) for f in (art.files or ()) for src in ((f.url,) if f.url else ()) + f.mirrors
+    )
