@@ -249,9 +249,27 @@ def bandwidth_gbps(device: DeviceProfile, on_gpu: bool) -> float:
     return device.memory_bandwidth_gbps or cpu_bandwidth_default()
 
 
-def expected_tg_tps(weights_bytes: int, bandwidth: float) -> float:
-    """Decode speed is memory-bound: every token reads all weights once (~60% of peak)."""
-    return round(bandwidth * 1e9 * 0.6 / max(weights_bytes, 1), 1)
+# Effective multiply-adds per second of one CPU core in llama.cpp's quantized matrix-vector
+# kernels (AVX2/NEON). Calibrated on this project's machine: SmolLM2-135M decodes at
+# ~75 tok/s on 2 cores (FACTS.md), i.e. about 1e10 FLOP/s per core.
+CPU_FLOPS_PER_CORE = 1e10
+
+
+def expected_tg_tps(
+    weights_bytes: int,
+    bandwidth: float,
+    params: float | None = None,
+    cpu_threads: int | None = None,
+) -> float:
+    """Decode speed: every token reads all weights once (~60% of peak bandwidth).
+
+    On a CPU small models are compute-bound instead (2 FLOP per parameter per token), so
+    with ``params`` and ``cpu_threads`` the lower of the two limits is returned.
+    """
+    tps = bandwidth * 1e9 * 0.6 / max(weights_bytes, 1)
+    if params and cpu_threads:
+        tps = min(tps, cpu_threads * CPU_FLOPS_PER_CORE / (2 * params))
+    return round(tps, 1)
 
 
 # -- benchmark results --------------------------------------------------------------------
@@ -695,8 +713,13 @@ def _finish(
         tps, source = measured.tg_tps, "measured by locara bench on this device"
     else:
         bw = bandwidth_gbps(device, on_gpu)
-        tps = expected_tg_tps(chosen.estimate.weights_bytes, bw)
+        params = chosen.estimate.weights_bytes * 8 / bits_per_weight(art.quant)
+        tps = expected_tg_tps(
+            chosen.estimate.weights_bytes, bw, params, None if on_gpu else threads
+        )
         source = f"estimated from {bw:.0f} GB/s memory bandwidth"
+        if not on_gpu:
+            source += f" and {threads} CPU threads"
     if chosen.backend == "mlx" and device.is_apple_silicon:
         reasons.append("MLX runs the whole model on the Apple GPU (unified memory)")
     if on_gpu:
