@@ -16,6 +16,7 @@ import pytest
 from conftest import DEFAULT_MODEL, DEFAULT_SHA, run_cli
 from locara.engine.loader import resolve
 from locara.ledger import UsageRecord, record_usage
+from locara.ledger.db import close_cached_connections
 from locara.settings import Settings
 
 
@@ -33,6 +34,7 @@ def test_corrupted_db_request_succeeds_then_repair_keeps_rows(stored_home: Path)
     home = stored_home
     cfg = Settings.from_env()
     record_usage(cfg, _rec())  # one good row before the damage
+    close_cached_connections()  # as when that writer's process ends: WAL checkpointed
     db = home / "usage.db"
     # Overwrite the header and first page: "file is not a database".
     with db.open("r+b") as f:
@@ -137,6 +139,7 @@ def test_torn_spool_line_is_skipped_and_replay_is_idempotent(home: Path) -> None
 def test_repair_never_moves_a_locked_database_aside(home: Path) -> None:
     cfg = Settings.from_env()
     record_usage(cfg, _rec())
+    close_cached_connections()  # an EXCLUSIVE lock needs every other connection gone
     holder = sqlite3.connect(home / "usage.db", isolation_level=None)
     try:
         holder.execute("PRAGMA locking_mode=EXCLUSIVE")

@@ -78,12 +78,16 @@ def record_usage(settings: Settings, rec: UsageRecord) -> None:
         db = UsageDB(settings.usage_db_path)
         outcome = db.write(_row(rec))
         if not outcome.stored:
+            kind = outcome.reason.split(" ", 1)[0]
+            then = {
+                "locked": "it is added as soon as the lock is released",
+                "corrupted": "repair the database with: locara usage --repair",
+            }.get(kind, f"check that {db.path.parent} is writable and has free space")
             _warn_once(
                 str(db.path),
-                outcome.reason.split(" ", 1)[0],
+                kind,
                 f"warning: usage database {db.path} is {outcome.reason}; this request was "
-                f"queued in {db.spool.name} and will be added when it is readable again "
-                "(repair with: locara usage --repair)",
+                f"queued in {db.spool.name}, nothing is lost ({then})",
             )
     except Exception as exc:  # the ledger must never break a request
         _warn_once(

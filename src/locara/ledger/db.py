@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -26,10 +27,10 @@ from typing import IO, Any
 
 from locara.errors import LedgerError
 
-# A writer waits at most this long for the write lock before it spools its row instead.
-# WAL inserts take well under a millisecond, so only a real stall (a long reader-writer,
-# a stuck process holding a lock) ever reaches it.
-WRITE_BUSY_MS = 2000
+# A writer waits at most this long for the write lock before it spools its row instead,
+# which bounds what the ledger can add to a request. A WAL insert takes ~0.1 ms, so
+# only a pile-up (dozens of writers on two cores) or a stuck lock holder reaches it.
+WRITE_BUSY_MS = 250
 # Reports may wait longer: nobody's request is waiting on them.
 READ_BUSY_MS = 5000
 
@@ -103,16 +104,33 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+# Writers keep one connection per (thread, database). Opening one per request would
+# make every request pay for the checkpoint SQLite runs when the last connection to a
+# WAL database closes (an fsync and a WAL truncate: ~15 ms here, bench/ledger.py).
+_local = threading.local()
+
+
+def close_cached_connections() -> None:
+    """Close the calling thread's cached writer connections (e.g. at server shutdown).
+
+    The last connection to close checkpoints the WAL into the main file.
+    """
+    cache = getattr(_local, "conns", {})
+    while cache:
+        _, (conn, _ident) = cache.popitem()
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
 class UsageDB:
-    """The ledger database at ``path``; one short connection per operation."""
+    """The ledger database at ``path``: cached connections for writes, short ones for reads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.spool = spool_path(path)
 
     # -- connections ---------------------------------------------------------------
-    @contextmanager
-    def _connect(self, busy_ms: int) -> Iterator[sqlite3.Connection]:
+    def _open(self, busy_ms: int) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=busy_ms / 1000, isolation_level=None)
         try:
@@ -122,9 +140,44 @@ class UsageDB:
             # fsync per request; a power cut may lose the last few rows, never corrupt.
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _connect(self, busy_ms: int) -> Iterator[sqlite3.Connection]:
+        conn = self._open(busy_ms)
+        try:
             yield conn
         finally:
             conn.close()
+
+    def _writer(self) -> sqlite3.Connection:
+        """This thread's cached connection, reopened if the file was replaced (repair)."""
+        cache: dict[str, tuple[sqlite3.Connection, tuple[int, int]]] = getattr(_local, "conns", {})
+        _local.conns = cache
+        key = str(self.path)
+        entry = cache.get(key)
+        try:
+            st = os.stat(self.path)
+            ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            ident = None
+        if entry is not None and entry[1] == ident:
+            return entry[0]
+        self._forget_writer()
+        conn = self._open(WRITE_BUSY_MS)
+        st = os.stat(self.path)
+        cache[key] = (conn, (st.st_dev, st.st_ino))
+        return conn
+
+    def _forget_writer(self) -> None:
+        cache = getattr(_local, "conns", {})
+        entry = cache.pop(str(self.path), None)
+        if entry is not None:
+            with contextlib.suppress(sqlite3.Error):
+                entry[0].close()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -152,11 +205,13 @@ class UsageDB:
         Raises only if the spool cannot be written either (the caller logs and drops).
         """
         try:
-            with self._connect(WRITE_BUSY_MS) as conn:
-                _insert(conn, [row])
-                self._drain_into(conn, blocking=False)
+            conn = self._writer()
+            _insert(conn, [row])
+            self._drain_into(conn, blocking=False)
             return WriteOutcome(True)
         except (sqlite3.Error, OSError) as exc:
+            # A connection that failed once is not trusted again (the file may be damaged).
+            self._forget_writer()
             self._append_spool(row)
             return WriteOutcome(False, _describe(exc))
 
@@ -165,9 +220,11 @@ class UsageDB:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            # One write(2) under the lock: a drainer never sees half a line. No fsync,
+            # like the database itself (synchronous=NORMAL): a crashed process loses
+            # nothing, only a power cut could.
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, line)
-            os.fsync(fd)
         finally:
             os.close(fd)  # closing releases the flock
 
@@ -193,7 +250,14 @@ class UsageDB:
                 return 0  # someone else is appending or draining; they will finish it
             rows = list(_read_spool(f))
             if rows:
-                _insert(conn, rows)
+                # Writers queue behind this lock: keep the wait for the database short,
+                # even inside a report that is otherwise willing to wait longer.
+                previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+                conn.execute(f"PRAGMA busy_timeout={WRITE_BUSY_MS}")
+                try:
+                    _insert(conn, rows)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(previous)}")
             f.seek(0)
             f.truncate()
             f.flush()
