@@ -158,6 +158,8 @@ GOOD = {"os": "Linux", "os_version": "6", "arch": "x86_64", "ram_total_bytes": 8
         (json.dumps(GOOD | {"ram_available_bytes": 9 * 2**30}), "exceeds"),
         (json.dumps(GOOD | {"gpus": [{"kind": "tpu", "name": "x"}]}), "unknown GPU kind"),
         (json.dumps(GOOD | {"battery": {"present": True, "charge": 3}}), "charge"),
+        (json.dumps(GOOD | {"cpu_features": "avx2"}), "cpu_features must be a list"),
+        (json.dumps(GOOD | {"gpus": [["cuda", "x"]]}), "gpus[0] must be an object"),
     ],
 )
 def test_malformed_profile_file(tmp_path: Path, text: str, expected: str) -> None:

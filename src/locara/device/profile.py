@@ -154,6 +154,14 @@ class DeviceProfile:
         extra = sorted(set(data) - known)
         if extra:
             raise DeviceProfileError(f"{source}: unknown field(s) {', '.join(extra)}")
+        for name in ("gpus", "cpu_features"):
+            if not isinstance(data.get(name, []), list):
+                raise DeviceProfileError(f"{source}: {name} must be a list")
+        for i, g in enumerate(data.get("gpus") or []):
+            if not isinstance(g, dict):
+                raise DeviceProfileError(f"{source}: gpus[{i}] must be an object")
+        if not isinstance(data.get("unknown", {}), dict):
+            raise DeviceProfileError(f"{source}: unknown must be an object (field -> reason)")
         try:
             kw = dict(data)
             kw["gpus"] = tuple(GPUInfo(**g) for g in kw.get("gpus") or ())
