@@ -221,8 +221,6 @@ def install_app(
             shutil.rmtree(staging, ignore_errors=True)
         record = AppRecord(app.id, app.name, app.version, str(app_dir), time.time(), mode)
         store.index.record_app(record, shas)
-        for sha in shas:
-            store.touch(sha)
     return InstalledApp(app.id, final, listing, mode, warnings)
 
 

@@ -207,6 +207,10 @@ class StoreIndex:
                         "INSERT OR IGNORE INTO refs(sha256, holder, created_at) VALUES (?,?,?)",
                         (sha, holder, app.installed_at),
                     )
+                    # Installing counts as using: one transaction, one fsync, not one per blob.
+                    c.execute(
+                        "UPDATE blobs SET last_used=? WHERE sha256=?", (app.installed_at, sha)
+                    )
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
