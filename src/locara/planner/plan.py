@@ -499,13 +499,14 @@ def plan_model(
             arts.sort(key=lambda a: -quant_rank(a.quant))  # smallest first
         else:
             # At or under the ceiling best-first, then those above it smallest-first.
+            # Among builds of the same quant, one already in the store comes first.
             under = sorted(
                 (a for a in arts if quant_rank(a.quant) >= ceiling),
-                key=lambda a: quant_rank(a.quant),
+                key=lambda a: (quant_rank(a.quant), (a.sha256 or "") not in paths),
             )
             over = sorted(
                 (a for a in arts if quant_rank(a.quant) < ceiling),
-                key=lambda a: -quant_rank(a.quant),
+                key=lambda a: (-quant_rank(a.quant), (a.sha256 or "") not in paths),
             )
             arts = under + over
         for art in arts:
@@ -652,6 +653,9 @@ def _why_not_chosen(chosen: _Attempt | None, art: Artifact, ceiling: int) -> str
     if chosen is None:
         return "fits, but another artifact was preferred"
     r = quant_rank(art.quant)
+    if r == quant_rank(chosen.artifact.quant):
+        other = (chosen.artifact.sha256 or "")[:12]
+        return f"fits; another {chosen.artifact.quant} build (sha256 {other}…) was preferred"
     if r < ceiling:
         return (
             f"fits, but above the quant this device's memory class suggests "
@@ -768,8 +772,9 @@ def _no_fit(
         smallest = min(near, key=lambda a: a.estimate.total_bytes)
         alternatives.append(
             f"a smaller model: {manifest.id}'s smallest artifact ({smallest.artifact.quant}) "
-            f"needs {_gb(smallest.estimate.total_bytes)} at {smallest.n_ctx} tokens, "
-            f"this device has {_gb(budget)} for models (see: locara recommend)"
+            f"needs at least {_gb(smallest.estimate.total_bytes)} ({smallest.estimate.n_ctx} "
+            f"tokens, {smallest.estimate.kv_type} KV); this device has {_gb(budget)} for "
+            "models (see: locara recommend)"
         )
         alternatives.append("free memory (close other programs), then: locara plan " + manifest.id)
     alternatives.append(
