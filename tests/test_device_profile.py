@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -194,3 +196,61 @@ def test_plan_cli_with_malformed_profile(home: Path, tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "error:" in r.stderr and "not valid JSON" in r.stderr
     assert "hint: write a fresh one with: locara device --json" in r.stderr
+
+
+@pytest.fixture
+def fresh_pynvml() -> Iterator[None]:
+    # Each test imports its own fake pynvml; none may leak into the next.
+    sys.modules.pop("pynvml", None)
+    yield
+    sys.modules.pop("pynvml", None)
+
+
+def _fake_pynvml(tmp_path: Path, body: str) -> Path:
+    pkg = tmp_path / "fake-nvml"
+    pkg.mkdir()
+    (pkg / "pynvml.py").write_text(body)
+    return pkg
+
+
+NVML_OK = """
+class _Mem:
+    total = 24 * 2**30
+    free = 20 * 2**30
+def nvmlInit(): pass
+def nvmlShutdown(): pass
+def nvmlSystemGetDriverVersion(): return b"550.54.14"
+def nvmlDeviceGetCount(): return 1
+def nvmlDeviceGetHandleByIndex(i): return i
+def nvmlDeviceGetName(h): return b"NVIDIA RTX A5000"
+def nvmlDeviceGetMemoryInfo(h): return _Mem()
+"""
+
+
+@pytest.mark.usefixtures("fresh_pynvml")
+def test_nvml_is_used_when_installed(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(_fake_pynvml(tmp_path, NVML_OK)))
+    p = detect_profile(settings)
+    (gpu,) = [g for g in p.gpus if g.kind == "cuda"]
+    assert (gpu.name, gpu.memory_total_bytes, gpu.driver) == (
+        "NVIDIA RTX A5000",
+        24 * 2**30,
+        "550.54.14",
+    )
+
+
+@pytest.mark.usefixtures("fresh_pynvml")
+def test_nvml_failing_falls_back_to_nvidia_smi(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = (
+        "class NVMLError(Exception): pass\ndef nvmlInit(): raise NVMLError('Driver Not Loaded')\n"
+    )
+    monkeypatch.syspath_prepend(str(_fake_pynvml(tmp_path, body)))
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    p = detect_profile(settings)  # no crash; no GPU; nvidia-smi reported missing
+    assert p.gpus == () and "nvidia-smi" in p.unknown["gpus"]

@@ -384,7 +384,43 @@ def _gpus_metal(run: Runner, ram_total: int, cpu_model: str | None) -> list[GPUI
     ]
 
 
+def _gpus_nvml() -> list[GPUInfo] | None:
+    """CUDA GPUs through NVML (the nvidia-ml-py package) if it is installed, else None."""
+    if not _has_module("pynvml"):
+        return None
+    import importlib
+
+    pynvml: Any = importlib.import_module("pynvml")
+
+    pynvml.nvmlInit()
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                GPUInfo(
+                    kind="cuda",
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_total_bytes=int(mem.total),
+                    memory_free_bytes=int(mem.free),
+                    driver=driver.decode() if isinstance(driver, bytes) else str(driver),
+                )
+            )
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def _gpus_nvidia(run: Runner) -> list[GPUInfo]:
+    try:
+        via_nvml = _gpus_nvml()
+    except Exception:  # NVMLError has many subclasses; nvidia-smi then reports the failure
+        via_nvml = None
+    if via_nvml is not None:
+        return via_nvml
     out = run(
         [
             "nvidia-smi",
