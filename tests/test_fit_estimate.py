@@ -38,6 +38,7 @@ def test_shape_from_the_default_model(default_gguf: Path) -> None:
     assert shape.key_length == shape.value_length == 576 // 9
     assert shape.context_length == 8192
     assert shape.n_vocab == 49152
+    assert shape.n_ff == 1536  # llama.feed_forward_length
     assert 90e6 < shape.weights_bytes <= default_gguf.stat().st_size
 
 

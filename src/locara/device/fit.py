@@ -137,7 +137,7 @@ class ModelShape:
             n_embd=info.n_embd,
             n_vocab=info.vocab_size or 32000,
             context_length=info.context_length,
-            n_ff=int(info.arch_value("feed_forward_length") or 4 * info.n_embd),
+            n_ff=info.feed_forward_length or 4 * info.n_embd,
             repackable_by_type=tuple(sorted(by_type.items())),
         )
 

@@ -116,6 +116,11 @@ class GGUFInfo:
         return int(v) if v is not None else self.key_length
 
     @property
+    def feed_forward_length(self) -> int | None:
+        v = self.arch_value("feed_forward_length")
+        return int(v) if isinstance(v, int) else None
+
+    @property
     def context_length(self) -> int | None:
         v = self.arch_value("context_length")
         return int(v) if v is not None else None
