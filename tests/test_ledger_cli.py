@@ -17,6 +17,10 @@ from conftest import DEFAULT_MODEL, DEFAULT_SHA, run_cli
 from locara.engine.loader import resolve
 from locara.settings import Settings
 
+# OpenMP threads that spin while waiting for each other starve on 2 cores shared with
+# other jobs (a 5-token answer took 13.5 s spinning, 5 s passive); the model path is the same.
+QUIET_OMP = {"OMP_WAIT_POLICY": "passive"}
+
 
 @pytest.fixture
 def stored_home(home: Path) -> Path:
@@ -26,7 +30,7 @@ def stored_home(home: Path) -> Path:
 
 
 def _run(home: Path, prompt: str, *extra: str) -> dict[str, object]:
-    res = run_cli("run", prompt, "--json", "--temperature", "0", *extra, home=home)
+    res = run_cli("run", prompt, "--json", "--temperature", "0", *extra, home=home, env=QUIET_OMP)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert isinstance(out, dict)

@@ -19,6 +19,10 @@ from locara.ledger import UsageRecord, record_usage
 from locara.ledger.db import close_cached_connections
 from locara.settings import Settings
 
+# OpenMP threads that spin while waiting for each other starve on 2 cores shared with
+# other jobs (a 5-token answer took 13.5 s spinning, 5 s passive); the model path is the same.
+QUIET_OMP = {"OMP_WAIT_POLICY": "passive"}
+
 
 @pytest.fixture
 def stored_home(home: Path) -> Path:
@@ -40,7 +44,7 @@ def test_corrupted_db_request_succeeds_then_repair_keeps_rows(stored_home: Path)
     with db.open("r+b") as f:
         f.write(b"this is not sqlite" * 300)
 
-    run = run_cli("run", "Say hi.", "--max-tokens", "4", "--json", home=home)
+    run = run_cli("run", "Say hi.", "--max-tokens", "4", "--json", home=home, env=QUIET_OMP)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["usage"]["completion_tokens"] >= 1
     assert f"warning: usage database {db} is corrupted" in run.stderr
@@ -78,7 +82,7 @@ def test_locked_db_request_succeeds_and_row_arrives_after(stored_home: Path) -> 
             "INSERT INTO requests(id, ts, app, surface, model_id, backend, status)"
             " VALUES ('held', 0, 'x', 'cli', 'x', 'llama_cpp', 'ok')"
         )
-        run = run_cli("run", "Say hi.", "--max-tokens", "4", "--json", home=home)
+        run = run_cli("run", "Say hi.", "--max-tokens", "4", "--json", home=home, env=QUIET_OMP)
         assert run.returncode == 0, run.stderr
         assert "is locked" in run.stderr and "queued in usage-pending.jsonl" in run.stderr
         assert (home / "usage-pending.jsonl").read_text().count("\n") == 1

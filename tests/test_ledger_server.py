@@ -13,6 +13,10 @@ from conftest import DEFAULT_MODEL, DEFAULT_SHA, run_cli
 from locara.engine.loader import resolve
 from locara.settings import Settings
 
+# OpenMP threads that spin while waiting for each other starve on 2 cores shared with
+# other jobs (a 5-token answer took 13.5 s spinning, 5 s passive); the model path is the same.
+QUIET_OMP = {"OMP_WAIT_POLICY": "passive"}
+
 server_harness = pytest.importorskip(
     "server_harness", reason="the issue-5 server test harness is not in this tree yet"
 )
@@ -20,7 +24,7 @@ server_harness = pytest.importorskip(
 
 def test_openai_and_ollama_requests_are_recorded(home: Path) -> None:
     resolve(Settings.from_env(), None)
-    with server_harness.running_server(home) as srv:
+    with server_harness.running_server(home, env=QUIET_OMP) as srv:
         r1 = httpx.post(
             f"{srv.url}/v1/chat/completions",
             json={
