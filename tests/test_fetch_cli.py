@@ -47,6 +47,24 @@ def test_pull_json_prints_the_pin(home: Path, tmp_path: Path, server: LoopbackSe
     assert bad.returncode == 1 and f"loop@sha256:{DEFAULT_SHA}" in bad.stderr
 
 
+def test_uncurated_entry_without_hash_warns_then_trusts_first_use(
+    home: Path, tmp_path: Path, server: LoopbackServer
+) -> None:
+    reg = tmp_path / "reg"
+    write_manifest(reg, "unsure", {"url": server.url + PATH}, curated=False)
+    env = {"LOCARA_REGISTRY_PATH": str(reg)}
+    res = run_cli("pull", "unsure", "--json", home=home, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "warning: unsure is not curated" in res.stderr
+    out = json.loads(res.stdout)
+    assert out["sha256"] == DEFAULT_SHA  # the digest computed while downloading
+    # the recorded digest is used from now on: no new download, the bytes re-verified
+    server.fault(PATH, "wrong_bytes")
+    res = run_cli("pull", "unsure", "--json", home=home, env=env)
+    assert res.returncode == 0 and json.loads(res.stdout)["sha256"] == DEFAULT_SHA
+    assert len(server.requests(PATH)) == 1
+
+
 def test_pull_hash_mismatch_cli_names_expected_and_actual(
     home: Path, tmp_path: Path, server: LoopbackServer
 ) -> None:

@@ -244,7 +244,7 @@ def test_pull_of_uncurated_entry_warns_first(home: Path) -> None:
     assert res.returncode == 1
     warn = res.stderr.index("warning: bge-large-en-v1.5 is not curated")
     assert warn < res.stderr.index("error:")
-    assert "no sha256" in res.stderr
+    assert "offline" in res.stderr
 
 
 # -- signatures -------------------------------------------------------------------------

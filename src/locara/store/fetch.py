@@ -206,12 +206,9 @@ def ensure_artifact(
     directory of links under the artifact's tree digest; ``path`` of the result is
     the file a backend opens.
     """
-    if artifact.sha256 is None:
-        raise FetchError(
-            f"{manifest.id} has no sha256 for this artifact, so it cannot be verified",
-            "add the file's sha256 to the manifest (sha256sum FILE), or choose another quant",
-        )
     meta = _artifact_meta(manifest, artifact)
+    if artifact.sha256 is None:
+        return _fetch_unverified(store, manifest, artifact, meta, settings, progress, http)
     if artifact.files is None:
         return fetch_blob(
             store, artifact.sha256, artifact.size_bytes, artifact.extension,
@@ -231,3 +228,62 @@ def ensure_artifact(
     primary = artifact.primary_file
     assert primary is not None
     return store.assemble_tree(artifact.sha256, parts, primary.name, meta)
+
+
+def _fetch_unverified(
+    store: BlobStore,
+    manifest: ModelManifest,
+    artifact: Artifact,
+    meta: dict[str, Any],
+    settings: Settings,
+    progress: Progress | None,
+    http: HttpOptions | None,
+) -> StoredBlob:
+    """Trust on first use, for a non-curated artifact without a sha256.
+
+    The bytes are hashed while downloading and stored under that digest, which is
+    remembered for the source URL: later uses verify against it, so the file cannot
+    change silently after the first download (the CLI warns before this happens).
+    """
+    import hashlib
+
+    sources = artifact.sources
+    for rec in store.index.blobs() if settings.db_path.exists() else []:
+        if rec.model_id == manifest.id:
+            m = store.read_meta(rec.sha256) or {}
+            if m.get("trust_on_first_use") in sources and store.find(rec.sha256) is not None:
+                return store.verify(rec.sha256)
+    if settings.offline:
+        raise OfflineError(
+            f"Locara is offline and {manifest.id} is not cached",
+            "unset LOCARA_OFFLINE to download it, or use a model that is already stored",
+        )
+    from locara.store.http import download
+
+    store.ensure_writable()
+    tick = (lambda n: progress(n, artifact.size_bytes)) if progress else None
+    failures: list[LocaraError] = []
+    for url in sources:
+        if is_local(url):
+            continue
+        key = hashlib.sha256(url.encode()).hexdigest()  # names the partial file and lock
+        with FileLock(str(settings.locks_dir / f"{key}.lock"), timeout=-1):
+            part = claim_partial(settings, key)
+            try:
+                actual, size = download(url, settings, part, artifact.size_bytes, tick, http)
+            except FetchError as exc:
+                failures.append(exc)
+                continue
+            except (IntegrityError, StoreError, OSError):
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                raise
+            full = {**meta, "sources": [url], "trust_on_first_use": url, "curated": False}
+            try:
+                return store.place_file(part, actual, size, artifact.extension, full)
+            finally:
+                with contextlib.suppress(OSError):
+                    part.unlink()
+    if failures:
+        raise failures[-1]
+    raise FetchError(f"{manifest.id} has no network source", "add a url to the manifest")
