@@ -167,6 +167,25 @@ def install_app(
     warnings = license_gate(models, accept_license, confirm)
     store = BlobStore(settings)
     store.ensure_writable()
+    # Every blob this install needs (and each file of a multi-file artifact) is held as
+    # in use from before it is fetched until it is linked, so a concurrent gc, even with
+    # --older-than 0, cannot take it in between.
+    needed = [m.sha256 for m in models] + [
+        f.sha256 for m in models if m.artifact is not None for f in (m.artifact.files or ())
+    ]
+    with _leases(store, needed):
+        return _fetch_and_link(settings, store, app, app_dir, models, warnings, progress)
+
+
+def _fetch_and_link(
+    settings: Settings,
+    store: BlobStore,
+    app: AppManifest,
+    app_dir: Path,
+    models: list[AppModel],
+    warnings: list[str],
+    progress: Progress | None,
+) -> InstalledApp:
     blobs: list[StoredBlob] = []
     for m in models:
         if m.bundled_path is not None:
@@ -179,48 +198,46 @@ def install_app(
             assert m.manifest is not None and m.artifact is not None
             blobs.append(ensure_artifact(store, m.manifest, m.artifact, settings, progress))
     shas = [b.sha256 for b in blobs]
-    # Hold the blobs as in use while linking, so a concurrent gc cannot take them.
-    with _leases(store, shas):
-        settings.apps_dir.mkdir(parents=True, exist_ok=True)
-        final = settings.apps_dir / check_model_id(app.id)
-        staging = settings.apps_dir / f".{app.id}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            bundle = staging / "models"
-            bundle.mkdir(parents=True)
-            modes: list[LinkMode] = []
-            listing: list[dict[str, Any]] = []
-            for m, blob in zip(models, blobs, strict=True):
-                blob = store.verify(blob.sha256)
-                name = _link_name(m, blob)
-                if blob.is_tree:
-                    (bundle / name).mkdir()
-                    for f in blob.files:
-                        modes.append(link_or_copy(f, bundle / name / f.name))
-                    for entry in blob.meta.get("files", []):
-                        store.refresh_signature(str(entry["sha256"]))
-                    target = bundle / name / blob.path.name
-                else:
-                    modes.append(link_or_copy(blob.path, bundle / name))
-                    target = bundle / name
-                    store.refresh_signature(blob.sha256)
-                listing.append(
-                    {
-                        "id": m.model_id,
-                        "sha256": blob.sha256,
-                        "path": str(final / "models" / target.relative_to(bundle)),
-                        "backend": m.backend,
-                        "license": m.license,
-                        "bundled": m.bundled_path is not None,
-                    }
-                )
-            mode = worst(modes)
-            lock = {"id": app.id, "version": app.version, "link_mode": mode, "models": listing}
-            (staging / LOCK_FILE).write_text(json.dumps(lock, indent=2), encoding="utf-8")
-            _swap_in(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        record = AppRecord(app.id, app.name, app.version, str(app_dir), time.time(), mode)
-        store.index.record_app(record, shas)
+    settings.apps_dir.mkdir(parents=True, exist_ok=True)
+    final = settings.apps_dir / check_model_id(app.id)
+    staging = settings.apps_dir / f".{app.id}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        bundle = staging / "models"
+        bundle.mkdir(parents=True)
+        modes: list[LinkMode] = []
+        listing: list[dict[str, Any]] = []
+        for m, blob in zip(models, blobs, strict=True):
+            blob = store.verify(blob.sha256)
+            name = _link_name(m, blob)
+            if blob.is_tree:
+                (bundle / name).mkdir()
+                for f in blob.files:
+                    modes.append(link_or_copy(f, bundle / name / f.name))
+                for entry in blob.meta.get("files", []):
+                    store.refresh_signature(str(entry["sha256"]))
+                target = bundle / name / blob.path.name
+            else:
+                modes.append(link_or_copy(blob.path, bundle / name))
+                target = bundle / name
+                store.refresh_signature(blob.sha256)
+            listing.append(
+                {
+                    "id": m.model_id,
+                    "sha256": blob.sha256,
+                    "path": str(final / "models" / target.relative_to(bundle)),
+                    "backend": m.backend,
+                    "license": m.license,
+                    "bundled": m.bundled_path is not None,
+                }
+            )
+        mode = worst(modes)
+        lock = {"id": app.id, "version": app.version, "link_mode": mode, "models": listing}
+        (staging / LOCK_FILE).write_text(json.dumps(lock, indent=2), encoding="utf-8")
+        _swap_in(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record = AppRecord(app.id, app.name, app.version, str(app_dir), time.time(), mode)
+    store.index.record_app(record, shas)
     return InstalledApp(app.id, final, listing, mode, warnings)
 
 
