@@ -264,4 +264,5 @@ def test_unreachable_host_fails_fast(home: Path, tmp_path: Path) -> None:
     write_manifest(reg, "loop", {"url": "http://127.0.0.1:9/m.gguf", "sha256": DEFAULT_SHA})
     with pytest.raises(FetchError) as err:
         _pull(_settings(home, reg))
-    assert "ConnectError" in err.value.message
+    assert "cannot connect" in err.value.message and "after 2 attempts" in err.value.message
+    assert "LOCARA_OFFLINE=1" in (err.value.hint or "")

@@ -70,10 +70,15 @@ def _headers(url: str, settings: Settings) -> dict[str, str]:
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, unreachable: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        # No connection at all (DNS, refused): retried once, not with the full backoff,
+        # so a machine without network gets its error in about a second, not a minute.
+        self.unreachable = unreachable
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -179,8 +184,10 @@ def download(
                     break
                 except _Retry as r:
                     failures += 1
-                    if failures >= opts.attempts:
+                    if failures >= opts.attempts or (r.unreachable and failures >= 2):
                         hint = "check the network and run the same command again"
+                        if r.unreachable:
+                            hint += "; LOCARA_OFFLINE=1 uses only models already stored"
                         if part.offset:
                             hint += f" (it resumes from the {part.offset} bytes already here)"
                         raise FetchError(
@@ -245,6 +252,8 @@ def _request(
     except httpx.TimeoutException as exc:
         _flush(part)
         raise _Retry(f"timed out ({type(exc).__name__})") from exc
+    except httpx.ConnectError as exc:
+        raise _Retry(f"cannot connect ({exc})", unreachable=True) from exc
     except httpx.TransportError as exc:
         _flush(part)
         raise _Retry(f"{type(exc).__name__}: {exc}") from exc
