@@ -43,6 +43,9 @@ def plot_tokens_per_day(data: dict[str, dict[str, int]], path: Path) -> Path:
                 heights = [data[model].get(d, 0) for d in span]
                 ax.bar(xs, heights, bottom=bottom, label=model, width=0.8)
                 bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+            if len(span) < 7:  # a day or two would otherwise be one bar as wide as the plot
+                pad = (7 - len(span)) / 2
+                ax.set_xlim(-0.5 - pad, len(span) - 0.5 + pad)
             # At most ~15 date labels, however long the period.
             step = max(1, len(span) // 15)
             ax.set_xticks(xs[::step], span[::step], rotation=30, ha="right")
