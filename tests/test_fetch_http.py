@@ -266,3 +266,48 @@ def test_unreachable_host_fails_fast(home: Path, tmp_path: Path) -> None:
         _pull(_settings(home, reg))
     assert "cannot connect" in err.value.message and "after 2 attempts" in err.value.message
     assert "LOCARA_OFFLINE=1" in (err.value.hint or "")
+
+
+class _NoLock:
+    """A lock that silently does nothing, as file locks do on some network filesystems."""
+
+    def __init__(self, *a: object, **k: object) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def test_correctness_does_not_depend_on_the_lock(
+    home: Path, reg: Path, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import locara.store.fetch as fetch_mod
+
+    monkeypatch.setattr(fetch_mod, "FileLock", _NoLock)
+    server.fault(PATH, "slow", rate=150_000_000)  # long enough for the three to overlap
+    s = _settings(home, reg)
+    results: list[object] = []
+
+    def pull() -> None:
+        try:
+            results.append(_pull(s))
+        except Exception as exc:  # collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=pull) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, Path) for r in results), results
+    # three downloads (no lock), three unique partial files, one verified blob
+    assert len(server.requests(PATH)) == 3
+    assert all(e.range is None for e in server.requests(PATH))
+    assert hash_file(home / "models" / DEFAULT_SHA / "model.gguf")[0] == DEFAULT_SHA
+    assert partial_files(s, DEFAULT_SHA) == []
+    _no_wrong_blobs(home)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +53,17 @@ def _part_owner(path: Path) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
+# Partial files this process is writing right now (one per download thread): a thread
+# must never take over another live thread's file, even if the file lock failed.
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def release_partial(path: Path) -> None:
+    with _ACTIVE_LOCK:
+        _ACTIVE.discard(path.name)
+
+
 def claim_partial(settings: Settings, sha256: str) -> Path:
     """A partial-file path unique to this process, holding the longest orphaned prefix.
 
@@ -60,10 +72,13 @@ def claim_partial(settings: Settings, sha256: str) -> Path:
     writer is alive is left alone.
     """
     mine = settings.tmp_dir / f"{sha256}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(mine.name)
+        active = set(_ACTIVE)
     orphans = []
     for p in partial_files(settings, sha256):
         owner = _part_owner(p)
-        if owner is not None and owner != os.getpid() and _pid_alive(owner):
+        if p.name in active or (owner is not None and owner != os.getpid() and _pid_alive(owner)):
             continue
         with contextlib.suppress(OSError):
             orphans.append((p.stat().st_size, p))
@@ -147,9 +162,30 @@ def _download(
     progress: Callable[[int], None] | None,
     http: HttpOptions | None,
 ) -> StoredBlob:
-    from locara.store.http import download  # httpx only when a download happens
 
     part = claim_partial(settings, sha256)
+    try:
+        return _download_into(
+            store, sha256, size_bytes, ext, url, meta, settings, part, progress, http
+        )
+    finally:
+        release_partial(part)
+
+
+def _download_into(
+    store: BlobStore,
+    sha256: str,
+    size_bytes: int | None,
+    ext: str,
+    url: str,
+    meta: dict[str, Any],
+    settings: Settings,
+    part: Path,
+    progress: Callable[[int], None] | None,
+    http: HttpOptions | None,
+) -> StoredBlob:
+    from locara.store.http import download  # httpx only when a download happens
+
     try:
         actual, size = download(url, settings, part, size_bytes, progress, http)
     except FetchError:
@@ -258,7 +294,7 @@ def _fetch_unverified(
             f"Locara is offline and {manifest.id} is not cached",
             "unset LOCARA_OFFLINE to download it, or use a model that is already stored",
         )
-    from locara.store.http import download
+    from locara.store.http import download  # httpx only when a download happens
 
     store.ensure_writable()
     tick = (lambda n: progress(n, artifact.size_bytes)) if progress else None
@@ -271,6 +307,8 @@ def _fetch_unverified(
             part = claim_partial(settings, key)
             try:
                 actual, size = download(url, settings, part, artifact.size_bytes, tick, http)
+                full = {**meta, "sources": [url], "trust_on_first_use": url, "curated": False}
+                return store.place_file(part, actual, size, artifact.extension, full)
             except FetchError as exc:
                 failures.append(exc)
                 continue
@@ -278,12 +316,8 @@ def _fetch_unverified(
                 with contextlib.suppress(OSError):
                     part.unlink()
                 raise
-            full = {**meta, "sources": [url], "trust_on_first_use": url, "curated": False}
-            try:
-                return store.place_file(part, actual, size, artifact.extension, full)
             finally:
-                with contextlib.suppress(OSError):
-                    part.unlink()
+                release_partial(part)
     if failures:
         raise failures[-1]
     raise FetchError(f"{manifest.id} has no network source", "add a url to the manifest")
