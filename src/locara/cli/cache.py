@@ -10,7 +10,7 @@ import click
 
 from locara.cli.common import echo_json, human_size, settings
 from locara.cli.models import _iso, ago
-from locara.errors import IntegrityError, LocaraError, StoreError, UsageError
+from locara.errors import LocaraError, StoreError, UsageError
 from locara.store.blobs import BlobStore
 
 
@@ -93,7 +93,7 @@ def verify_cmd(deep: bool, repair: bool) -> None:
             store.verify(sha, deep=deep)
             click.echo(f"ok       {sha[:12]}  {meta.get('id') or '?'}")
             continue
-        except IntegrityError as exc:
+        except StoreError as exc:  # IntegrityError, or a tree whose file is gone
             click.echo(f"CORRUPT  {sha[:12]}  {meta.get('id') or '?'}: {exc.message}")
             if planted is not None:
                 store.remove(sha)  # unlinks the symlink itself, never its target
