@@ -101,6 +101,12 @@ class Settings:
         return self.home / "bench" / "results.jsonl"
 
     @property
+    def user_registry_dir(self) -> Path:
+        # Manifests Locara writes itself (e.g. `locara pull hf://...`); searched after
+        # LOCARA_REGISTRY_PATH and before the built-in registry.
+        return self.home / "registry"
+
+    @property
     def trusted_keys_dir(self) -> Path:
         # ed25519 public keys (*.pub); any key here makes manifest signatures mandatory.
         return self.home / "keys" / "trusted"
