@@ -196,3 +196,25 @@ def test_search_unreachable_endpoint_is_a_clear_error(home: Path) -> None:
     )
     assert res.returncode == 1
     assert "error:" in res.stderr and "hint:" in res.stderr and "unexpected" not in res.stderr
+
+
+def test_pull_hf_shorthand_registers_and_pins(home: Path, server: LoopbackServer) -> None:
+    env = {"HF_ENDPOINT": server.url}
+    res = run_cli("pull", "hf://org/repo/model.gguf", "--json", home=home, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "not curated" in res.stderr and "registered hf://org/repo/model.gguf as" in res.stderr
+    out = json.loads(res.stdout)
+    assert out["sha256"] == DEFAULT_SHA and out["id"] == "org-repo-model"
+    manifest = json.loads((home / "registry" / "org-repo-model.json").read_text())
+    art = manifest["artifacts"]["llamacpp"][0]
+    assert (art["sha256"], art["size_bytes"]) == (DEFAULT_SHA, DEFAULT_SIZE)
+    assert manifest["curated"] is False
+    # from now on it is pinned: a changed upstream file is refused, not re-trusted
+    res = run_cli("rm", "org-repo-model", home=home, env=env)
+    assert res.returncode == 0, res.stderr
+    server.fault(PATH, "wrong_bytes")
+    res = run_cli("pull", "org-repo-model", home=home, env=env)
+    assert res.returncode == 1 and f"expected {DEFAULT_SHA}" in res.stderr
+    for bad in ("hf://org/repo/notes.txt", "hf://org/../etc/x.gguf", "hf://org"):
+        res = run_cli("pull", bad, home=home, env=env)
+        assert res.returncode in (1, 2) and "hint:" in res.stderr, bad

@@ -39,6 +39,8 @@ def pull(model: str, backend: str | None, as_json: bool) -> None:
     from locara.store.fetch import ensure_artifact
 
     cfg = settings()
+    if model.startswith("hf://"):
+        model = _register_adhoc(model)
     ref = parse_ref(model)
     manifest = Registry(cfg).get(ref.id)
     store = BlobStore(cfg)
@@ -51,6 +53,8 @@ def pull(model: str, backend: str | None, as_json: bool) -> None:
         )
     with byte_progress(f"pull {manifest.id}:{art.quant or art.format}") as progress:
         blob = ensure_artifact(store, manifest, art, cfg, progress)
+    if "adhoc" in manifest.tags and art.sha256 is None:
+        _pin_adhoc(manifest.id, blob.sha256, blob.size_bytes)
     if as_json:
         echo_json(
             {
@@ -103,3 +107,60 @@ def rm(model: str) -> None:
             click.echo(f"removed sha256:{gone}")
         freed += size
     click.echo(f"freed {human_size(freed)}")
+
+
+def adhoc_manifest(source: str) -> tuple[str, dict[str, object]]:
+    """A non-curated manifest for ``hf://owner/repo[@rev]/path/file.gguf`` (id, JSON data)."""
+    from locara.errors import UsageError
+    from locara.store.adopt import safe_model_id
+    from locara.store.http import resolve_url
+
+    resolve_url(source, settings())  # validates every part of the shorthand
+    owner, repo, path = source[len("hf://") :].split("/", 2)
+    name = path.rsplit("/", 1)[-1]
+    stem, _, ext = name.rpartition(".")
+    if ext.lower() != "gguf":
+        raise UsageError(
+            f"{source} is not a .gguf file", "pull a GGUF file: hf://owner/repo/model.Q4_K_M.gguf"
+        )
+    model_id = safe_model_id(owner, repo.partition("@")[0], stem)
+    data: dict[str, object] = {
+        "id": model_id,
+        "version": "0.0.0",
+        "displayName": f"{owner}/{repo} {name}",
+        "description": f"Pulled from {source}; not curated (hash recorded on first download).",
+        "tags": ["hf", "adhoc"],
+        "license": "NOASSERTION",
+        "modality": "chat",
+        "context_length": 4096,
+        "artifacts": {"llamacpp": [{"format": "gguf", "url": source}]},
+        "curated": False,
+    }
+    return model_id, data
+
+
+def _register_adhoc(source: str) -> str:
+    import json
+
+    cfg = settings()
+    model_id, data = adhoc_manifest(source)
+    path = cfg.user_registry_dir / f"{model_id}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    click.echo(f"registered {source} as {model_id} (run it with: locara run {model_id})", err=True)
+    return model_id
+
+
+def _pin_adhoc(model_id: str, sha256: str, size: int) -> None:
+    # Record the digest of the first download in the manifest, so every later use
+    # verifies against it (trust on first use, then never a silent change).
+    import json
+
+    path = settings().user_registry_dir / f"{model_id}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for art in data["artifacts"]["llamacpp"]:
+        art.update(sha256=sha256, size_bytes=size)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tmp.replace(path)

@@ -78,7 +78,11 @@ class Registry:
     """All manifests visible to this process; user directories shadow built-in entries."""
 
     def __init__(self, settings: Settings) -> None:
-        self.dirs: tuple[Path, ...] = (*settings.registry_paths, builtin_registry_dir())
+        self.dirs: tuple[Path, ...] = (
+            *settings.registry_paths,
+            settings.user_registry_dir,
+            builtin_registry_dir(),
+        )
         self._keys_dir = settings.trusted_keys_dir
         self._keys: dict[str, Ed25519PublicKey] | None = None
 
