@@ -300,3 +300,22 @@ def test_unwritable_home_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as err:
         _store_default(Settings.from_env({"LOCARA_HOME": str(f)}))
     assert "LOCARA_HOME" in (err.value.hint or "")
+
+
+def test_gc_clears_leftovers_of_dead_processes_only(settings: Settings) -> None:
+    store = BlobStore(settings)
+    store.ensure_writable()
+    tmp = settings.tmp_dir
+    dead_dir = tmp / f"{DEFAULT_SHA[:16]}-999999999-abcd1234.d"
+    dead_dir.mkdir()
+    (dead_dir / "model.gguf").write_bytes(b"half")
+    live_dir = tmp / f"{DEFAULT_SHA[:16]}-{os.getpid()}-abcd1234.d"
+    live_dir.mkdir()
+    fresh_part = tmp / f"{DEFAULT_SHA}.999999999-abcd1234.part"
+    fresh_part.write_bytes(b"resume me")
+    rep = gc(store, 30)
+    assert rep.temp_removed == [dead_dir]
+    assert live_dir.exists() and fresh_part.exists()  # a recent partial is worth resuming
+    old = time.time() - 40 * 86400
+    os.utime(fresh_part, (old, old))
+    assert gc(store, 30).temp_removed == [fresh_part]
