@@ -40,6 +40,7 @@ def _check_test(t: dict[str, Any], name: str, n_prompt: int, n_gen: int, reps: i
         assert ts == pytest.approx(n / (ns / 1e9), rel=1e-2)
 
 
+@pytest.mark.slow
 def test_bench_default_model_json_has_every_field(stored_home: Path) -> None:
     plot = stored_home.parent / "bench.png"
     res = run_cli(
@@ -140,6 +141,7 @@ def test_bench_default_model_json_has_every_field(stored_home: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+@pytest.mark.slow
 def test_bench_table_output_and_results_accumulate(stored_home: Path) -> None:
     args = ("bench", DEFAULT_MODEL, "--n-prompt", "16", "--n-gen", "4", "-r", "1", "--threads", "1")
     res = run_cli(*args, home=stored_home)

@@ -45,6 +45,7 @@ def _usage(home: Path, *args: str) -> dict[str, object]:
     return data
 
 
+@pytest.mark.slow
 def test_cli_requests_are_recorded_and_read_back(stored_home: Path) -> None:
     a = _run(stored_home, "Name the capital city of France.", "--max-tokens", "12")
     b = _run(stored_home, "Say hello.", "--max-tokens", "5")

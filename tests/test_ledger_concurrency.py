@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 from locara.ledger import UsageRecord, record_usage
 from locara.settings import Settings
@@ -33,6 +35,7 @@ N_WRITERS = 32
 PER_WRITER = 5
 
 
+@pytest.mark.slow
 def test_32_concurrent_writer_processes_lose_no_rows(home: Path) -> None:
     go = home.parent / "go"
     procs = [

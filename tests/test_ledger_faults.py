@@ -34,6 +34,7 @@ def _rec(**kw: object) -> UsageRecord:
     return UsageRecord(DEFAULT_MODEL, DEFAULT_SHA, "llama_cpp", "cli", "cli", 10, 5, **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_corrupted_db_request_succeeds_then_repair_keeps_rows(stored_home: Path) -> None:
     home = stored_home
     cfg = Settings.from_env()
@@ -71,6 +72,7 @@ def test_corrupted_db_request_succeeds_then_repair_keeps_rows(stored_home: Path)
     assert again.returncode == 0 and "is healthy" in again.stdout
 
 
+@pytest.mark.slow
 def test_locked_db_request_succeeds_and_row_arrives_after(stored_home: Path) -> None:
     home = stored_home
     cfg = Settings.from_env()
@@ -140,6 +142,7 @@ def test_torn_spool_line_is_skipped_and_replay_is_idempotent(home: Path) -> None
     assert db.pending() == 0
 
 
+@pytest.mark.slow
 def test_repair_never_moves_a_locked_database_aside(home: Path) -> None:
     cfg = Settings.from_env()
     record_usage(cfg, _rec())

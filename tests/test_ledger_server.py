@@ -22,6 +22,7 @@ server_harness = pytest.importorskip(
 )
 
 
+@pytest.mark.slow
 def test_openai_and_ollama_requests_are_recorded(home: Path) -> None:
     resolve(Settings.from_env(), None)
     with server_harness.running_server(home, env=QUIET_OMP) as srv:
