@@ -17,6 +17,7 @@ from conftest import packaged_gguf
 from locara.device.fit import cpu_repack_types
 from locara.device.profile import BatteryInfo, DeviceProfile, GPUInfo
 from locara.planner.plan import (
+    BenchResult,
     PlanRequest,
     local_gguf_paths,
     plan_model,
@@ -470,3 +471,31 @@ def test_disk_too_small_for_the_download_is_a_warning(
     plan = plan_model(manifests["qwen2.5-7b-instruct"], cramped)
     assert plan.ok
     assert any("disk has" in w and "locara cleanup" in w for w in plan.warnings)
+
+
+def test_measured_slow_quant_gives_way_to_a_faster_one(
+    manifests: dict[str, ModelManifest], tmp_path: Path
+) -> None:
+    device = PROFILES["mac-16gb"]
+    m = manifests["qwen2.5-7b-instruct"]
+    request = PlanRequest(backend="llama_cpp")
+    assert plan_model(m, device, request).quant == "Q5_K_M"  # the quality pick
+
+    def results(q5_tps: float) -> list[BenchResult]:
+        path = tmp_path / f"r{q5_tps}.jsonl"
+        base = {"model_id": m.id, "backend": "llama_cpp", "device": device.to_dict()}
+        path.write_text(
+            json.dumps(base | {"quant": "Q5_K_M", "tg_tps": q5_tps})
+            + "\n"
+            + json.dumps(base | {"quant": "Q4_K_M", "tg_tps": 6.2})
+            + "\n"
+        )
+        return read_bench_results(path, device)
+
+    slow = plan_model(m, device, request, bench_results=results(3.0))
+    assert slow.quant == "Q4_K_M" and slow.expected_tg_tps == 6.2
+    assert any("so the faster quant" in r for r in slow.reasons)
+    assert any(r.quant == "Q5_K_M" and "measured 3.0 tok/s" in r.reason for r in slow.rejected)
+    assert not any(r.quant == "Q4_K_M" for r in slow.rejected)
+    usable = plan_model(m, device, request, bench_results=results(8.0))
+    assert usable.quant == "Q5_K_M" and usable.expected_tg_tps == 8.0

@@ -14,6 +14,8 @@ The rules, in order:
    16 GB → Q5_K_M, 32 GB → Q6_K, 64 GB → Q8_0, 96 GB+ → F16 — and the planner takes the
    best quant at or under the ceiling that fits, else the smallest above it that fits.
    On battery below 20% the smallest quant that fits wins (fewer bytes per token).
+   A quant that ``locara bench`` measured below 5 tok/s here gives way to one that
+   fits and measured faster.
    Offline, an artifact that is neither stored nor on this machine is rejected.
 3. Context: the request (default 4096), clamped to the model's trained context with a
    warning; if it does not fit, quantized KV (q8_0, then q4_0, with flash attention)
@@ -60,6 +62,7 @@ DEFAULT_CTX = 4096
 MIN_CTX = 512
 KV_TYPES = ("f16", "q8_0", "q4_0")
 LOW_BATTERY_PERCENT = 20.0
+USABLE_TPS = 5.0  # below this, generation is too slow to read along
 # Manifest backend keys -> backend names (the registry says "llamacpp").
 BACKEND_OF = {"llamacpp": "llama_cpp", "mlx": "mlx"}
 
@@ -484,6 +487,7 @@ def plan_model(
     ceiling = quant_rank(quant_ceiling(mem_class))
     near_misses: list[_Attempt] = []
     chosen: _Attempt | None = None
+    fitting: list[_Attempt] = []
     for backend in order:
         key = "llamacpp" if backend == "llama_cpp" else "mlx"
         arts = list(manifest.artifact_list(key))
@@ -526,6 +530,8 @@ def plan_model(
                 rejected.append(Rejected(backend, art.quant, err, art.sha256))
                 continue
             attempt = _try_contexts(device, backend, art, shape, exact, want)
+            if attempt.ok:
+                fitting.append(attempt)
             if attempt.ok and chosen is None:
                 chosen = attempt
             elif attempt.ok:
@@ -548,6 +554,7 @@ def plan_model(
                     )
                 )
     if chosen is not None:
+        chosen = _prefer_measured_speed(chosen, fitting, results, manifest.id, reasons, rejected)
         return _finish(
             manifest, device, chosen, want, requested, battery_low, results,
             reasons, warnings, rejected, ceiling,
@@ -647,6 +654,50 @@ def _try_contexts(
     )
     first.estimate = smallest[1]
     return first
+
+
+def _prefer_measured_speed(
+    chosen: _Attempt,
+    fitting: list[_Attempt],
+    results: list[BenchResult],
+    model_id: str,
+    reasons: list[str],
+    rejected: list[Rejected],
+) -> _Attempt:
+    """Swap to a faster measured artifact of the same backend when the choice is too slow.
+
+    Quality wins by default; but when ``locara bench`` measured the chosen artifact below
+    a usable speed and another artifact that fits measured usable, speed wins.
+    """
+    mine = _best_measured(results, model_id, chosen.backend, chosen.artifact)
+    if mine is None or mine.tg_tps >= USABLE_TPS:
+        return chosen
+    best: tuple[_Attempt, BenchResult] | None = None
+    for other in fitting:
+        if other is chosen or other.backend != chosen.backend:
+            continue
+        m = _best_measured(results, model_id, other.backend, other.artifact)
+        if m and m.tg_tps >= USABLE_TPS and (best is None or m.tg_tps > best[1].tg_tps):
+            best = (other, m)
+    if best is None:
+        return chosen
+    faster, m = best
+    rejected[:] = [r for r in rejected if not (r.sha256 == faster.artifact.sha256
+                                                and r.quant == faster.artifact.quant)]  # fmt: skip
+    rejected.append(
+        Rejected(
+            chosen.backend,
+            chosen.artifact.quant,
+            f"fits, but measured {mine.tg_tps:.1f} tok/s on this device (below "
+            f"{USABLE_TPS:.0f}); {faster.artifact.quant} measured {m.tg_tps:.1f} tok/s",
+            chosen.artifact.sha256,
+        )
+    )
+    reasons.append(
+        f"measured on this device: {faster.artifact.quant} {m.tg_tps:.1f} tok/s vs "
+        f"{chosen.artifact.quant} {mine.tg_tps:.1f} tok/s, so the faster quant"
+    )
+    return faster
 
 
 def _why_not_chosen(chosen: _Attempt | None, art: Artifact, ceiling: int) -> str:

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from locara.device.profile import DeviceProfile
-from locara.planner.plan import BenchResult, ram_budget
+from locara.planner.plan import USABLE_TPS, BenchResult, ram_budget
 from locara.planner.rank import TASKS, RankWeights, Scored, choose_local_descendant, params_of
 from locara.registry.manifest import ModelManifest
 
-USABLE_TPS = 5.0
 TIERS = ("fast", "balanced", "capable")
 
 
