@@ -75,6 +75,18 @@ def test_ledger_use_keeps_a_model_active(stored_home: Path) -> None:
     assert m["status"] == "active" and m["idle_days"] < 1
 
 
+def test_use_queued_while_the_ledger_was_broken_still_counts(stored_home: Path) -> None:
+    _age(stored_home, 45)
+    (stored_home / "usage.db").write_bytes(b"not a database" * 100)  # damaged: rows spool
+    record_usage(
+        Settings.from_env(),
+        UsageRecord(DEFAULT_MODEL, DEFAULT_SHA, "llama_cpp", "cli", "cli", 5, 5),
+    )
+    assert (stored_home / "usage-pending.jsonl").read_text().count("\n") == 1
+    (m,) = _cleanup(stored_home)["models"]
+    assert m["status"] == "active" and m["idle_days"] < 1
+
+
 def test_remove_stale_frees_space(stored_home: Path) -> None:
     _age(stored_home, 45)
     data = _cleanup(stored_home, "--remove-stale")

@@ -301,17 +301,31 @@ class UsageDB:
         return [_row_dict(r) for r in fetched]
 
     def last_used_by_sha(self) -> dict[str, float]:
-        """The latest request time per blob sha256 (for cleanup); {} if unreadable."""
-        if not self.path.exists():
-            return {}
+        """The latest request time per blob sha256, for cleanup; never raises.
+
+        Rows still queued in the spool count too: a request made while the database
+        was locked or damaged is still a use of that model.
+        """
+        latest: dict[str, float] = {}
+        if self.path.exists():
+            try:
+                with self._connect(READ_BUSY_MS) as conn:
+                    found = conn.execute(
+                        "SELECT sha256, max(ts) FROM requests"
+                        " WHERE sha256 IS NOT NULL GROUP BY sha256"
+                    ).fetchall()
+                latest = {str(sha): float(ts) for sha, ts in found}
+            except (sqlite3.Error, OSError):
+                latest = {}
         try:
-            with self._connect(READ_BUSY_MS) as conn:
-                found = conn.execute(
-                    "SELECT sha256, max(ts) FROM requests WHERE sha256 IS NOT NULL GROUP BY sha256"
-                ).fetchall()
-        except (sqlite3.Error, OSError):
-            return {}
-        return {str(sha): float(ts) for sha, ts in found}
+            with self.spool.open("rb") as f:
+                for row in _read_spool(f):
+                    sha, ts = row.get("sha256"), row.get("ts")
+                    if isinstance(sha, str) and isinstance(ts, int | float):
+                        latest[sha] = max(latest.get(sha, 0.0), float(ts))
+        except OSError:
+            pass
+        return latest
 
     def _error(self, exc: BaseException) -> LedgerError:
         why = _describe(exc)
