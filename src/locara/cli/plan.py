@@ -50,7 +50,7 @@ def render_plan(plan: Plan, device: DeviceProfile, trained: int) -> list[str]:
             + f" + KV {_mib(est.kv_bytes)} + compute {_mib(est.compute_bytes)}"
             + f" + runtime {_mib(est.overhead_bytes)}"
             + (" (from the GGUF header)" if plan.exact_shape else " (approximate)"),
-            f"  speed      ~{plan.expected_tg_tps} tok/s ({plan.tps_source})",
+            f"  speed      ~{plan.expected_tg_tps or 0:.1f} tok/s ({plan.tps_source})",
         ]
     else:
         lines.append("  nothing fits: no plan")

@@ -60,7 +60,7 @@ def recommend(task: str, ctx: int | None, profile_file: Path | None, as_json: bo
         )
     click.echo(f"\nRecommended {task} models:")
     for t in recs.tiers:
-        tps = f"~{t.expected_tps:g} tok/s" if t.expected_tps else "speed unknown"
+        tps = f"~{t.expected_tps:.1f} tok/s" if t.expected_tps else "speed unknown"
         measured = " measured" if t.tps_source and "measured" in t.tps_source else ""
         click.echo(
             f"  {t.tier:9} {t.model_id}:{t.quant or '-':8} {t.backend:9} "
