@@ -68,6 +68,7 @@ def test_openai_and_ollama_requests_are_recorded(home: Path) -> None:
     assert m["prompt_tokens"] == openai_usage["prompt_tokens"] + ollama["prompt_eval_count"]
     assert m["completion_tokens"] == openai_usage["completion_tokens"] + ollama["eval_count"]
     assert m["sha256"] == [DEFAULT_SHA]
+    assert m["surfaces"] == ["ollama", "openai"]
 
     with sqlite3.connect(home / "usage.db") as conn:
         surfaces = [

@@ -74,11 +74,3 @@ def load_results(
             continue
         out.append(rec)
     return out
-
-
-def latest_by_artifact(settings: Settings, model_id: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """The newest result per (backend, sha256) for ``model_id``: what the planner compares."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for rec in load_results(settings, model_id=model_id):
-        latest[(rec["backend"], rec["sha256"])] = rec
-    return latest

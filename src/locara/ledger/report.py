@@ -90,6 +90,7 @@ def summarize(rows: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
                 "last_used": iso(max(r["ts"] for r in rs)),
                 "backends": sorted({r["backend"] for r in rs}),
                 "apps": sorted({r["app"] for r in rs}),
+                "surfaces": sorted({r["surface"] for r in rs}),
                 "sha256": sorted({r["sha256"] for r in rs if r["sha256"]}),
             }
         )
