@@ -319,3 +319,12 @@ def test_gc_clears_leftovers_of_dead_processes_only(settings: Settings) -> None:
     old = time.time() - 40 * 86400
     os.utime(fresh_part, (old, old))
     assert gc(store, 30).temp_removed == [fresh_part]
+
+
+def test_a_file_planted_at_a_blob_dir_is_replaced(settings: Settings) -> None:
+    store = BlobStore(settings)
+    store.ensure_writable()
+    store.blob_dir(DEFAULT_SHA).write_bytes(b"planted")
+    assert store.find(DEFAULT_SHA) is None
+    path = _store_default(settings)
+    assert hash_file(path)[0] == DEFAULT_SHA

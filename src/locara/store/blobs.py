@@ -379,8 +379,8 @@ class BlobStore:
 
     @staticmethod
     def _remove_dir(d: Path) -> None:
-        if d.is_symlink():
-            d.unlink()
+        if d.is_symlink() or d.is_file():
+            d.unlink()  # a planted link or file: remove it, never follow it
             return
         if not d.exists():
             return
