@@ -328,3 +328,27 @@ def test_a_file_planted_at_a_blob_dir_is_replaced(settings: Settings) -> None:
     assert store.find(DEFAULT_SHA) is None
     path = _store_default(settings)
     assert hash_file(path)[0] == DEFAULT_SHA
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second filesystem (tmpfs)")
+def test_import_across_filesystems_is_a_reported_copy(home: Path) -> None:
+    import hashlib
+
+    other_fs = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        data = os.urandom(256 * 1024)
+        sha = hashlib.sha256(data).hexdigest()
+        (other_fs / "blobs").mkdir()
+        (other_fs / "blobs" / f"sha256-{sha}").write_bytes(data)
+        mdir = other_fs / "manifests" / "registry.ollama.ai" / "library" / "tiny"
+        mdir.mkdir(parents=True)
+        layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{sha}"}
+        (mdir / "latest").write_text(json.dumps({"layers": [layer]}))
+        res = run_cli("cache", "import", "ollama", str(other_fs), home=home)
+        assert res.returncode == 0, res.stderr
+        assert "COPIED" in res.stdout and "extra disk" in res.stdout
+        stored = home / "models" / sha / "model.gguf"
+        assert stored.read_bytes() == data
+        assert stored.stat().st_dev != (other_fs / "blobs" / f"sha256-{sha}").stat().st_dev
+    finally:
+        shutil.rmtree(other_fs, ignore_errors=True)
