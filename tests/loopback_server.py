@@ -10,6 +10,7 @@ Fault modes:
   wrong_bytes   same size, one byte flipped in the middle
   short         a truncated file (Content-Length says the truncated size)
   extra         the file plus trailing bytes (Content-Length says so)
+  extra_unannounced  the file plus trailing bytes, no Content-Length (body ends at close)
   ignore_range  always 200 with the whole file
   cut           declares the full length, closes the connection after ``at`` bytes (``times`` times)
   status        answers ``codes`` (e.g. [429, 503]) one per request first, then serves
@@ -151,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         body_size = size
         if mode == "short":
             body_size = size - p.get("missing", 1000)
-        elif mode == "extra":
+        elif mode in ("extra", "extra_unannounced"):
             body_size = size + p.get("extra", 1000)
         start = 0
         rng = self.headers.get("Range")
@@ -165,7 +166,12 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
         entry = self._entry(status)
         self.send_response(status)
-        self.send_header("Content-Length", str(body_size - start))
+        if mode == "extra_unannounced":
+            # no length at all: the body ends when the connection closes
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(body_size - start))
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{body_size - 1}/{body_size}")

@@ -78,6 +78,7 @@ def test_download_verifies_and_stores_read_only(
         ("wrong_bytes", {}, "sha256"),
         ("short", {"missing": 4096}, "size"),
         ("extra", {"extra": 4096}, "size"),
+        ("extra_unannounced", {"extra": 4096}, "size"),
     ],
 )
 def test_bad_bytes_are_refused_and_nothing_is_kept(
@@ -94,6 +95,9 @@ def test_bad_bytes_are_refused_and_nothing_is_kept(
     assert partial_files(s, DEFAULT_SHA) == []
     if mode == "wrong_bytes":
         assert len(err.value.actual) == 64 and err.value.actual != DEFAULT_SHA
+    elif mode == "extra_unannounced":
+        # no length in the headers: caught while streaming, at the first byte too many
+        assert "more bytes than declared" in err.value.message
     else:
         # a size that differs is caught from the headers, before the body is read
         assert server.sent(PATH) < DEFAULT_SIZE
