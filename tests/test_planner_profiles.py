@@ -16,17 +16,11 @@ import pytest
 from conftest import packaged_gguf
 from locara.device.fit import cpu_repack_types
 from locara.device.profile import BatteryInfo, DeviceProfile, GPUInfo
-from locara.planner.plan import (
-    BenchResult,
-    PlanRequest,
-    local_gguf_paths,
-    plan_model,
-    quant_ceiling,
-    ram_budget,
-    read_bench_results,
-)
+from locara.planner.budget import quant_ceiling, ram_budget
+from locara.planner.plan import PlanRequest, local_gguf_paths, plan_model
 from locara.planner.rank import RankWeights, choose_local_descendant
 from locara.planner.recommend import recommend
+from locara.planner.results import BenchResult, read_bench_results
 from locara.registry.catalog import load_manifest
 from locara.registry.manifest import ModelManifest
 from locara.settings import Settings

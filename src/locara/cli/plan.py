@@ -10,13 +10,8 @@ from locara.cli.common import echo_json, human_size, settings
 from locara.cli.device import current_profile
 from locara.device.profile import DeviceProfile
 from locara.errors import NoFitError, UnknownModelError
-from locara.planner.plan import (
-    Plan,
-    PlanRequest,
-    local_gguf_paths,
-    plan_model,
-    read_bench_results,
-)
+from locara.planner.plan import Plan, PlanRequest, local_gguf_paths, plan_model
+from locara.planner.results import read_bench_results
 from locara.registry.catalog import Registry
 from locara.registry.refs import parse_ref
 

@@ -9,9 +9,10 @@ import click
 from locara.cli.common import echo_json, human_size, settings
 from locara.cli.device import current_profile
 from locara.errors import NoFitError
-from locara.planner.plan import local_gguf_paths, read_bench_results
+from locara.planner.plan import local_gguf_paths
 from locara.planner.rank import TASKS
 from locara.planner.recommend import recommend as recommend_models
+from locara.planner.results import read_bench_results
 from locara.registry.catalog import Registry
 
 

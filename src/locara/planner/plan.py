@@ -24,93 +24,49 @@ The rules, in order:
    layers as its memory holds (all when the whole model fits), the rest stays in RAM.
 5. Threads: performance cores (half of them on battery below 20%).
 
-Benchmark results (``Settings.bench_results_path``, JSON lines written by ``locara
-bench``) have this shape; the planner reads them defensively (bad lines are skipped)::
-
-    {"model_id": str, "sha256": str, "backend": "llama_cpp" | "mlx", "quant": str,
-     "n_prompt": int, "n_gen": int, "pp_tps": float, "tg_tps": float, "ttft_s": float,
-     "load_s": float, "peak_rss_bytes": int, "device": {...DeviceProfile fields...},
-     "timestamp": str}
-
-A result counts for this device when its ``device`` has the same ``cpu_model``, ``os``
-and ``arch`` (or when it has no device at all).
+Benchmark results (their record shape is documented in ``locara.planner.results``)
+refine rules 1 and 2 when ``locara bench`` has measured this device.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from locara.device.fit import (
-    QUANT_BITS,
     FitEstimate,
     ModelShape,
     approximate_shape,
     cpu_repack_types,
     estimate_shape,
 )
-from locara.device.profile import DeviceProfile, cpu_bandwidth_default
+from locara.device.profile import DeviceProfile
 from locara.errors import LocaraError
+from locara.planner.budget import (
+    QUANT_ORDER,
+    USABLE_TPS,
+    GiB,
+    bandwidth_gbps,
+    bits_per_weight,
+    expected_tg_tps,
+    gpu_budget,
+    low_battery,
+    quant_ceiling,
+    quant_rank,
+    ram_budget,
+)
+from locara.planner.results import BenchResult, best_measured
+from locara.planner.results import read_bench_results as read_bench_results  # re-export
 from locara.registry.manifest import Artifact, ModelManifest
 from locara.settings import Settings
 
-GiB = 2**30
 DEFAULT_CTX = 4096
 MIN_CTX = 512
 KV_TYPES = ("f16", "q8_0", "q4_0")
-LOW_BATTERY_PERCENT = 20.0
-USABLE_TPS = 5.0  # below this, generation is too slow to read along
 # Manifest backend keys -> backend names (the registry says "llamacpp").
 BACKEND_OF = {"llamacpp": "llama_cpp", "mlx": "mlx"}
-
-# Quality order, best first; MLX bit widths sit next to their GGUF equivalents.
-QUANT_ORDER = (
-    "F32",
-    "F16",
-    "BF16",
-    "Q8_0",
-    "8BIT",
-    "Q6_K",
-    "6BIT",
-    "Q5_K_M",
-    "Q5_K_S",
-    "Q5_1",
-    "Q5_0",
-    "Q4_K_M",
-    "4BIT",
-    "Q4_K_S",
-    "Q4_1",
-    "Q4_0",
-    "IQ4_XS",
-    "Q3_K_L",
-    "Q3_K_M",
-    "3BIT",
-    "Q3_K_S",
-    "Q2_K",
-)
-
-
-def quant_rank(quant: str | None) -> int:
-    """Lower is better quality; unknown quants sort with Q4_K_M."""
-    q = (quant or "").upper()
-    return QUANT_ORDER.index(q) if q in QUANT_ORDER else QUANT_ORDER.index("Q4_K_M")
-
-
-def quant_ceiling(memory_bytes: int) -> str:
-    """The best quant reference/003's table suggests for this much memory."""
-    gb = memory_bytes / GiB
-    if gb < 12:
-        return "Q4_K_M"
-    if gb < 24:
-        return "Q5_K_M"
-    if gb < 48:
-        return "Q6_K"
-    if gb < 90:
-        return "Q8_0"
-    return "F16"
 
 
 @dataclass(frozen=True)
@@ -130,17 +86,6 @@ class Rejected:
     reason: str
     sha256: str | None = None
     needs_bytes: int | None = None  # the smallest configuration tried, when it did not fit
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    model_id: str
-    backend: str
-    quant: str | None
-    tg_tps: float
-    pp_tps: float | None
-    sha256: str | None
-    peak_rss_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -205,139 +150,6 @@ class Plan:
             "rejected": [asdict(r) for r in self.rejected],
             "alternatives": list(self.alternatives),
         }
-
-
-# -- memory budgets -----------------------------------------------------------------------
-
-
-def ram_budget(device: DeviceProfile) -> int:
-    """Bytes a model may take from RAM: what is available, minus headroom for the OS.
-
-    reference/003 reserves at least 4 GB for the OS on a desktop; small machines
-    cannot spare that, so the reserve is the smaller of 4 GiB and a quarter of RAM.
-    """
-    reserve = min(4 * GiB, device.ram_total_bytes // 4)
-    budget = min(device.ram_available_bytes, device.ram_total_bytes - reserve)
-    if device.is_apple_silicon:
-        metal = next((g for g in device.gpus if g.kind == "metal"), None)
-        if metal and metal.memory_total_bytes:
-            budget = min(budget, metal.memory_total_bytes)
-    return max(budget, 0)
-
-
-def gpu_budget(device: DeviceProfile) -> int | None:
-    gpu = device.discrete_gpu
-    if gpu is None or not gpu.memory_total_bytes:
-        return None
-    free = gpu.memory_free_bytes or gpu.memory_total_bytes
-    # Leave 10% of VRAM for the driver, the CUDA context and fragmentation.
-    return int(min(free, gpu.memory_total_bytes * 0.9))
-
-
-def low_battery(device: DeviceProfile) -> bool:
-    b = device.battery
-    return bool(
-        device.on_battery and b and b.percent is not None and b.percent < LOW_BATTERY_PERCENT
-    )
-
-
-def bandwidth_gbps(device: DeviceProfile, on_gpu: bool) -> float:
-    if on_gpu:
-        gpu = device.discrete_gpu
-        if gpu and gpu.memory_bandwidth_gbps:
-            return gpu.memory_bandwidth_gbps
-    for g in device.gpus:
-        if g.unified_memory and g.memory_bandwidth_gbps:
-            return g.memory_bandwidth_gbps
-    return device.memory_bandwidth_gbps or cpu_bandwidth_default()
-
-
-# Effective multiply-adds per second of one CPU core in llama.cpp's quantized matrix-vector
-# kernels (AVX2/NEON). Calibrated on this project's machine: SmolLM2-135M decodes at
-# ~75 tok/s on 2 cores (FACTS.md), i.e. about 1e10 FLOP/s per core.
-CPU_FLOPS_PER_CORE = 1e10
-
-
-def expected_tg_tps(
-    weights_bytes: int,
-    bandwidth: float,
-    params: float | None = None,
-    cpu_threads: int | None = None,
-) -> float:
-    """Decode speed: every token reads all weights once (~60% of peak bandwidth).
-
-    On a CPU small models are compute-bound instead (2 FLOP per parameter per token), so
-    with ``params`` and ``cpu_threads`` the lower of the two limits is returned.
-    """
-    tps = bandwidth * 1e9 * 0.6 / max(weights_bytes, 1)
-    if params and cpu_threads:
-        tps = min(tps, cpu_threads * CPU_FLOPS_PER_CORE / (2 * params))
-    return round(tps, 1)
-
-
-# -- benchmark results --------------------------------------------------------------------
-
-
-def read_bench_results(path: Path, device: DeviceProfile | None = None) -> list[BenchResult]:
-    """Results from ``locara bench`` that apply to ``device``; malformed lines are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    out: list[BenchResult] = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        dev = rec.get("device")
-        if (
-            device is not None
-            and isinstance(dev, Mapping)
-            and any(
-                dev.get(k) is not None and dev.get(k) != getattr(device, k)
-                for k in ("cpu_model", "os", "arch")
-            )
-        ):
-            continue
-        model_id, backend, tg = rec.get("model_id"), rec.get("backend"), rec.get("tg_tps")
-        if not isinstance(model_id, str) or backend not in ("llama_cpp", "mlx"):
-            continue
-        if not isinstance(tg, (int, float)) or isinstance(tg, bool) or tg <= 0:
-            continue
-        pp = rec.get("pp_tps")
-        rss = rec.get("peak_rss_bytes")
-        out.append(
-            BenchResult(
-                model_id=model_id,
-                backend=str(backend),
-                quant=str(rec["quant"]) if isinstance(rec.get("quant"), str) else None,
-                tg_tps=float(tg),
-                pp_tps=float(pp) if isinstance(pp, (int, float)) else None,
-                sha256=str(rec["sha256"]) if isinstance(rec.get("sha256"), str) else None,
-                peak_rss_bytes=int(rss) if isinstance(rss, int) else None,
-            )
-        )
-    return out
-
-
-def _best_measured(
-    results: Iterable[BenchResult], model_id: str, backend: str, art: Artifact | None = None
-) -> BenchResult | None:
-    best: BenchResult | None = None
-    for r in results:
-        if r.model_id != model_id or r.backend != backend:
-            continue
-        if art is not None and not (
-            (r.sha256 and r.sha256 == art.sha256)
-            or (r.quant and art.quant and r.quant.upper() == art.quant.upper())
-        ):
-            continue
-        if best is None or r.tg_tps > best.tg_tps:
-            best = r
-    return best
 
 
 # -- the planner --------------------------------------------------------------------------
@@ -593,8 +405,8 @@ def _backend_order(
         else:
             order = ["llama_cpp", "mlx"]
             reasons.append("not Apple Silicon: llama.cpp first (reference/000 rule)")
-        mlx_m = _best_measured(results, manifest.id, "mlx")
-        llama_m = _best_measured(results, manifest.id, "llama_cpp")
+        mlx_m = best_measured(results, manifest.id, "mlx")
+        llama_m = best_measured(results, manifest.id, "llama_cpp")
         if mlx_m and llama_m:
             fast, slow = (mlx_m, llama_m) if mlx_m.tg_tps > llama_m.tg_tps else (llama_m, mlx_m)
             if fast.tg_tps > slow.tg_tps * 1.1:
@@ -669,14 +481,14 @@ def _prefer_measured_speed(
     Quality wins by default; but when ``locara bench`` measured the chosen artifact below
     a usable speed and another artifact that fits measured usable, speed wins.
     """
-    mine = _best_measured(results, model_id, chosen.backend, chosen.artifact)
+    mine = best_measured(results, model_id, chosen.backend, chosen.artifact)
     if mine is None or mine.tg_tps >= USABLE_TPS:
         return chosen
     best: tuple[_Attempt, BenchResult] | None = None
     for other in fitting:
         if other is chosen or other.backend != chosen.backend:
             continue
-        m = _best_measured(results, model_id, other.backend, other.artifact)
+        m = best_measured(results, model_id, other.backend, other.artifact)
         if m and m.tg_tps >= USABLE_TPS and (best is None or m.tg_tps > best[1].tg_tps):
             best = (other, m)
     if best is None:
@@ -763,7 +575,7 @@ def _finish(
     perf = device.cores_performance or device.cores_logical or 1
     threads = max(1, perf // 2) if battery_low else perf
     on_gpu = chosen.n_gpu_layers > 0 or (chosen.backend == "mlx" and device.is_apple_silicon)
-    measured = _best_measured(results, manifest.id, chosen.backend, art)
+    measured = best_measured(results, manifest.id, chosen.backend, art)
     if measured:
         tps, source = measured.tg_tps, "measured by locara bench on this device"
     else:
@@ -843,10 +655,6 @@ def _no_fit(
         rejected=tuple(rejected),
         alternatives=tuple(alternatives),
     )
-
-
-def bits_per_weight(quant: str | None) -> float:
-    return QUANT_BITS.get((quant or "").upper(), 4.85)
 
 
 def local_gguf_paths(settings: Settings, manifests: Iterable[ModelManifest]) -> dict[str, Path]:

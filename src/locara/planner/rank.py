@@ -27,7 +27,8 @@ from typing import Any
 
 from locara.device.fit import QUANT_BITS
 from locara.device.profile import DeviceProfile
-from locara.planner.plan import BenchResult, Plan, PlanRequest, plan_model
+from locara.planner.plan import Plan, PlanRequest, plan_model
+from locara.planner.results import BenchResult
 from locara.registry.manifest import ModelManifest
 
 # Task -> (modalities that serve it, features it needs, target tok/s for latency_fit).

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from locara.device.profile import DeviceProfile
-from locara.planner.plan import USABLE_TPS, BenchResult, ram_budget
+from locara.planner.budget import USABLE_TPS, ram_budget
 from locara.planner.rank import TASKS, RankWeights, Scored, choose_local_descendant, params_of
+from locara.planner.results import BenchResult
 from locara.registry.manifest import ModelManifest
 
 TIERS = ("fast", "balanced", "capable")
