@@ -158,6 +158,14 @@ def test_corrupt_file_of_a_tree_takes_the_tree_down(
     before = len(server.log)
     assert run_cli("pull", "vis", home=home, env=env).returncode == 0
     assert [e.path for e in server.log[before:]] == ["/mmproj.gguf"]
+    # --repair does the same by itself: the file from its source, the tree via its manifest
+    os.chmod(part, 0o644)
+    part.write_bytes(b"\1" * proj_size)
+    res = run_cli("cache", "verify", "--repair", home=home, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("repaired") >= 1
+    res = run_cli("cache", "verify", "--deep", home=home, env=env)
+    assert res.returncode == 0 and f"ok       {out['sha256'][:12]}" in res.stdout
 
 
 def test_search_uses_hf_endpoint(home: Path) -> None:

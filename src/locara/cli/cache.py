@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,12 @@ def verify_cmd(deep: bool, repair: bool) -> None:
             bad.append(sha)
             continue
         sources = [str(s) for s in meta.get("sources", [])]
-        if meta.get("kind") == "tree" or not sources:
-            click.echo("         cannot re-fetch it here; fetch it again with: locara pull MODEL")
-            bad.append(sha)
-            continue
-        ext = str(meta.get("file", "model.gguf")).rpartition(".")[2]
         try:
-            fetch_blob(store, sha, meta.get("size_bytes"), ext, sources, meta, cfg)
+            if meta.get("kind") == "tree" or not sources:
+                _repair_from_registry(store, sha, meta)
+            else:
+                ext = str(meta.get("file", "model.gguf")).rpartition(".")[2]
+                fetch_blob(store, sha, meta.get("size_bytes"), ext, sources, meta, cfg)
             click.echo(f"repaired {sha[:12]}  (re-fetched and verified)")
         except LocaraError as exc:
             click.echo(f"         repair failed: {exc.message}")
@@ -117,6 +117,25 @@ def verify_cmd(deep: bool, repair: bool) -> None:
             f"{len(bad)} blob(s) were corrupted and removed: {', '.join(s[:12] for s in bad)}",
             "fetch them again with: locara cache verify --repair (or locara pull MODEL)",
         )
+
+
+def _repair_from_registry(store: BlobStore, sha: str, meta: dict[str, Any]) -> None:
+    """Re-fetch an artifact (e.g. a multi-file tree) through the manifest that names it."""
+    from locara.registry.catalog import Registry
+    from locara.store.fetch import ensure_artifact
+
+    model_id = meta.get("id")
+    found = None
+    if isinstance(model_id, str):
+        with contextlib.suppress(LocaraError):
+            found = Registry(store.settings).get(model_id).artifact_by_digest(sha)
+    if found is None:
+        raise StoreError(
+            f"no manifest names {sha[:12]} any more, so it cannot be re-fetched",
+            "fetch the model again with: locara pull MODEL",
+        )
+    manifest = Registry(store.settings).get(str(model_id))
+    ensure_artifact(store, manifest, found[1], store.settings)
 
 
 @cache.command("gc")
