@@ -94,11 +94,15 @@ class _StreamHash:
     The queue is bounded so a slow hash cannot buffer a whole model in memory.
     """
 
+    BATCH = 1 << 20  # hand over ~1 MiB at a time: one queue round trip per MiB, not per recv
+
     def __init__(self) -> None:
         self._h = hashlib.sha256()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._t = threading.Thread(target=self._run, name="locara-sha256", daemon=True)
         self._t.start()
+        self._pending: list[bytes] = []
+        self._pending_n = 0
         self._done: str | None = None
 
     def _run(self) -> None:
@@ -106,10 +110,18 @@ class _StreamHash:
             self._h.update(chunk)
 
     def update(self, chunk: bytes) -> None:
-        self._q.put(chunk)
+        self._pending.append(chunk)
+        self._pending_n += len(chunk)
+        if self._pending_n >= self.BATCH:
+            self._q.put(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_n = 0
 
     def hexdigest(self) -> str:
         if self._done is None:
+            if self._pending:
+                self._q.put(b"".join(self._pending))
+                self._pending.clear()
             self._q.put(None)
             self._t.join()
             self._done = self._h.hexdigest()
