@@ -293,3 +293,32 @@ def test_ls_and_show_after_run(cli) -> None:
     assert data["manifest"]["config"]["stop_tokens"] == ["<|im_end|>"]
     text = cli("show", DEFAULT_MODEL)
     assert "Apache-2.0" in text.stdout and "<|im_end|>" in text.stdout and "llama" in text.stdout
+
+
+def test_every_cli_request_is_in_the_ledger_even_failures(home: Path) -> None:
+    ok = run_cli("run", CAPITAL, "--max-tokens", "4", home=home)
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("run", CAPITAL, "--ctx", "256", "--max-tokens", "500", home=home)
+    assert bad.returncode == 1
+    report = run_cli("usage", "--json", home=home)
+    assert report.returncode == 0, report.stderr
+    row = json.loads(report.stdout)["models"][0]
+    assert row["model"] == DEFAULT_MODEL
+    assert (row["requests"], row["ok"], row["errors"]) == (2, 1, 1)
+    assert row["completion_tokens"] == 4
+
+
+def test_quantized_kv_cache_loads_and_answers(shared_home: Path) -> None:
+    from locara.backends.base import GenerationRequest, LoadOptions, Message, Sampling
+    from locara.engine.loader import load, resolve
+    from locara.settings import Settings
+
+    s = Settings.from_env({"LOCARA_HOME": str(shared_home)})
+    handle = load(s, resolve(s, None), LoadOptions(n_ctx=512, kv_type="q8_0"))
+    try:
+        req = GenerationRequest(
+            messages=(Message("user", CAPITAL),), sampling=Sampling(temperature=0), max_tokens=16
+        )
+        assert "Paris" in "".join(c.text for c in handle.model.generate(req))
+    finally:
+        handle.close()

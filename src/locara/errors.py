@@ -20,6 +20,8 @@ exceptions still catch them sensibly.
     ├── UnsupportedFeatureError(ValueError) a backend/model cannot do what was asked
     ├── BackendError(RuntimeError)          a backend failed while loading or generating
     ├── DeviceProfileError(ValueError)      a device profile file that is malformed
+    ├── ServerBusyError(RuntimeError)       a model's request queue is full (HTTP 503 + Retry-After)
+    ├── AuthError(PermissionError)          a missing or wrong API token, a foreign Host header
     ├── LedgerError(RuntimeError)           usage.db cannot be read (corrupted, locked)
     ├── ConfigError(ValueError)             a config file under LOCARA_HOME that is malformed
     ├── PinnedModelError(PermissionError)   removing a model an app pins (names the apps)

@@ -94,7 +94,9 @@ class LlamaCppBackend:
                 n_threads_batch=threads,
                 n_gpu_layers=opts.n_gpu_layers,
                 embedding=opts.embedding,
-                flash_attn=opts.flash_attn,
+                # llama.cpp cannot create a context with a quantized V cache unless
+                # flash attention is on, so a quantized KV type turns it on.
+                flash_attn=opts.flash_attn or opts.kv_type != "f16",
                 type_k=_KV_TYPES[opts.kv_type],
                 type_v=_KV_TYPES[opts.kv_type],
                 verbose=False,

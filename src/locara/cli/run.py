@@ -13,7 +13,7 @@ from locara.cli.common import byte_progress, echo_json, settings
 from locara.cli.main import render_error
 from locara.engine.loader import ModelHandle, load, resolve
 from locara.errors import LocaraError, UsageError
-from locara.ledger import UsageRecord, record_usage
+from locara.ledger import Status, UsageRecord, record_usage
 from locara.registry.catalog import Registry
 from locara.registry.refs import parse_ref
 from locara.settings import Settings
@@ -149,17 +149,43 @@ def run(
 def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose: bool) -> str:
     parts: list[str] = []
     last: Chunk | None = None
-    for chunk in handle.model.generate(req):
-        parts.append(chunk.text)
-        last = chunk
-        if not as_json and chunk.text:
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
+    res = handle.resolved
+
+    def failed(status: Status, error: str | None) -> None:
+        # Errors and Ctrl-C are usage too: one ledger row for every request.
+        record_usage(
+            settings(),
+            UsageRecord(
+                model_id=res.manifest.id,
+                sha256=res.blob.sha256,
+                backend=handle.backend,
+                app="cli",
+                surface="cli",
+                prompt_tokens=last.prompt_tokens if last else 0,
+                completion_tokens=last.completion_tokens if last else 0,
+                load_s=handle.load_s,
+                status=status,
+                error=error,
+            ),
+        )
+
+    try:
+        for chunk in handle.model.generate(req):
+            parts.append(chunk.text)
+            last = chunk
+            if not as_json and chunk.text:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        failed("cancelled", None)
+        raise
+    except LocaraError as exc:
+        failed("error", exc.message)
+        raise
     text = "".join(parts)
     assert last is not None and last.usage is not None and last.timings is not None
     usage, timings = last.usage, last.timings
     pp, tg = timings.rates(usage)
-    res = handle.resolved
     record_usage(
         settings(),
         UsageRecord(
