@@ -285,3 +285,21 @@ def test_app_cli_roundtrip(home: Path, tmp_path: Path) -> None:
     assert run_cli("app", "uninstall", "cli-app", home=home).returncode == 0
     res = run_cli("app", "uninstall", "cli-app", home=home)
     assert res.returncode == 1 and "locara app ls" in res.stderr
+
+
+def test_offline_install_of_an_uncached_model_is_an_immediate_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    from locara.errors import OfflineError
+
+    reg = tmp_path / "reg"
+    write_manifest(
+        reg, "remote", {"url": "https://huggingface.co/o/r/resolve/main/m.gguf", "sha256": "1" * 64}
+    )
+    monkeypatch.setenv("LOCARA_REGISTRY_PATH", str(reg))
+    monkeypatch.setenv("LOCARA_OFFLINE", "1")
+    app = make_app(tmp_path, "off", [f"remote@sha256:{'1' * 64}"])
+    with pytest.raises(OfflineError) as err:
+        install_app(Settings.from_env(), app)
+    assert "LOCARA_OFFLINE" in (err.value.hint or "")
+    assert not (home / "apps" / "off").exists()

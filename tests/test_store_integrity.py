@@ -352,3 +352,12 @@ def test_import_across_filesystems_is_a_reported_copy(home: Path) -> None:
         assert stored.stat().st_dev != (other_fs / "blobs" / f"sha256-{sha}").stat().st_dev
     finally:
         shutil.rmtree(other_fs, ignore_errors=True)
+
+
+def test_rm_refuses_a_blob_in_use_by_another_process(settings: Settings, stored: Path) -> None:
+    store = BlobStore(settings)
+    with store.lease(DEFAULT_SHA):  # as a loaded model would hold it
+        res = run_cli("rm", DEFAULT_MODEL, home=settings.home)
+        assert res.returncode == 1 and "in use" in res.stderr and "hint:" in res.stderr
+        assert stored.exists()
+    assert run_cli("rm", DEFAULT_MODEL, home=settings.home).returncode == 0
