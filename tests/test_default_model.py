@@ -191,3 +191,17 @@ def test_settings_are_read_when_called(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("LOCARA_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert Settings.from_env().home == tmp_path / "xdg" / "locara"
+
+
+def test_a_loaded_model_holds_a_store_lease(settings: Settings) -> None:
+    from locara.store.blobs import BlobStore
+
+    store = BlobStore(settings)
+    resolved = resolve(settings, None)
+    assert not store.in_use(DEFAULT_SHA)
+    handle = load(settings, resolved, LoadOptions(n_ctx=256))
+    try:
+        assert store.in_use(DEFAULT_SHA)  # gc and rm see it as in use
+    finally:
+        handle.close()
+    assert not store.in_use(DEFAULT_SHA)

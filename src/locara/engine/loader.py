@@ -5,8 +5,9 @@ The one path every surface (CLI, server, bench) uses to get a model running.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from locara.backends.base import LoadedModel, LoadOptions
 from locara.errors import UnsupportedFeatureError
@@ -32,9 +33,14 @@ class ModelHandle:
     model: LoadedModel
     backend: str
     load_s: float
+    # Holds the store lease on the blob while the model is loaded, so gc/rm skip it.
+    _lease: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     def close(self) -> None:
-        self.model.close()
+        try:
+            self.model.close()
+        finally:
+            self._lease.close()
 
 
 def resolve(
@@ -78,8 +84,15 @@ def load(
             f"(it reads {', '.join(sorted(engine.formats))})",
             f"choose another backend, or convert the model: locara convert {resolved.manifest.id}",
         )
+    store = BlobStore(settings)
+    lease = contextlib.ExitStack()
+    lease.enter_context(store.lease(resolved.blob.sha256))
     started = time.perf_counter()
-    model = engine.load(resolved.blob.path, resolved.manifest, opts)
+    try:
+        model = engine.load(resolved.blob.path, resolved.manifest, opts)
+    except BaseException:
+        lease.close()
+        raise
     load_s = time.perf_counter() - started
-    BlobStore(settings).touch(resolved.blob.sha256)
-    return ModelHandle(resolved, model, name, load_s)
+    store.touch(resolved.blob.sha256)
+    return ModelHandle(resolved, model, name, load_s, lease)
