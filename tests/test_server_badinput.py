@@ -204,3 +204,15 @@ def test_schemathesis_finds_no_server_errors(server: RunningServer) -> None:
                 continue
     assert calls > 100
     assert not failures, "\n".join(failures[:10]) + f"\n\nserver log:\n{server.log_text()[-3000:]}"
+
+
+def test_absurd_keep_alive_values(server: RunningServer) -> None:
+    # Found by schemathesis: a keep_alive of 1e300 s once broke /api/ps with a 500.
+    assert chat(server, model=MODEL, messages=MSGS, keep_alive=1e300).status_code == 200
+    assert httpx.get(f"{server.url}/api/ps").status_code == 200
+    r = httpx.post(
+        f"{server.url}/api/chat",
+        content=b'{"model": "%s", "messages": [], "keep_alive": NaN}' % MODEL.encode(),
+    )
+    assert "finite" in ollama_error(r, 400)
+    openai_error(chat(server, model=MODEL, messages=MSGS, keep_alive="inf"), 400)

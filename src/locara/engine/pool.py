@@ -32,6 +32,7 @@ log = logging.getLogger("locara.engine")
 
 MIN_CTX = 16
 FOREVER = math.inf
+MAX_KEEP_ALIVE_S = 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,8 @@ class ModelPool:
     # -- internals -------------------------------------------------------------------
     def _keep_alive(self, requested: float | None) -> float:
         value = self.config.keep_alive_s if requested is None else requested
-        return FOREVER if value < 0 else value
+        # Negative means forever, and so does anything beyond a year (or not a number).
+        return FOREVER if not 0 <= value <= MAX_KEEP_ALIVE_S else value
 
     def _try_lease(
         self, key: tuple[str, bool], n_ctx: int | None, keep_alive_s: float | None

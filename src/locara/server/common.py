@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -31,6 +32,16 @@ def parse_keep_alive(value: float | int | str | None) -> float | None:
 
     Negative means forever; 0 means unload right after this request.
     """
+    seconds = _parse_duration(value)
+    if seconds is not None and not math.isfinite(seconds):
+        raise UsageError(
+            f"invalid keep_alive {value!r}: not a finite duration",
+            'pass seconds (300), a duration ("5m"), 0 to unload, or -1 to keep loaded',
+        )
+    return seconds
+
+
+def _parse_duration(value: float | int | str | None) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
