@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from locara.errors import LedgerError
+from locara.sqlite_migrations import apply_migrations
 
 # A writer waits at most this long for the write lock before it spools its row instead,
 # which bounds what the ledger can add to a request. A WAL insert takes ~0.1 ms, so
@@ -181,22 +182,7 @@ class UsageDB:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version >= len(MIGRATIONS):
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-read under the write lock: 32 fresh processes race to migrate.
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-                for stmt in sql.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version={i}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        apply_migrations(conn, MIGRATIONS)
 
     # -- writing -------------------------------------------------------------------
     def write(self, row: dict[str, Any]) -> WriteOutcome:

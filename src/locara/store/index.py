@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from locara.errors import StoreError
+from locara.sqlite_migrations import apply_migrations
 
 # Numbered migrations; the database's user_version says how many have run.
 _MIGRATIONS: tuple[str, ...] = (
@@ -102,21 +103,7 @@ class StoreIndex:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version >= len(_MIGRATIONS):
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            for i, sql in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for stmt in sql.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version={i}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        apply_migrations(conn, _MIGRATIONS)
 
     def record_blob(
         self, sha256: str, model_id: str | None, quant: str | None, fmt: str, size: int
