@@ -17,8 +17,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from locara.backends.base import Message
-from locara.errors import ModelFormatError
+from locara.backends.base import GenerationRequest, Message
+from locara.errors import ModelFormatError, UnsupportedFeatureError
 
 
 def _raise(message: str) -> None:
@@ -74,3 +74,17 @@ def render_chat(
             f"the chat template refused these messages: {exc}",
             "check the message roles and order this model accepts",
         ) from exc
+
+
+def request_prompt(
+    req: GenerationRequest, template: str | None, model_id: str, bos_token: str, eos_token: str
+) -> str:
+    """The prompt text for a request: its raw prompt, or its messages through the template."""
+    if req.prompt is not None:
+        return req.prompt
+    if template is None:
+        raise UnsupportedFeatureError(
+            f"{model_id} has no chat template",
+            "set config.chat_template in its manifest, or send a plain prompt",
+        )
+    return render_chat(template, req.messages, bos_token=bos_token, eos_token=eos_token)

@@ -29,7 +29,7 @@ from locara.backends.base import (
     TokenLogprob,
     Usage,
 )
-from locara.backends.chat_template import render_chat
+from locara.backends.chat_template import request_prompt
 from locara.backends.stops import StopScanner
 from locara.errors import (
     BackendError,
@@ -162,15 +162,8 @@ class LlamaCppModel:
         return text(self._llm.token_bos()), text(self._llm.token_eos())
 
     def render_prompt(self, req: GenerationRequest) -> str:
-        if req.prompt is not None:
-            return req.prompt
-        if self.template is None:
-            raise UnsupportedFeatureError(
-                f"{self.manifest.id} has no chat template",
-                "set config.chat_template in its manifest, or send a plain prompt",
-            )
         bos, eos = self._bos_eos()
-        return render_chat(self.template, req.messages, bos_token=bos, eos_token=eos)
+        return request_prompt(req, self.template, self.manifest.id, bos, eos)
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
         text = self.render_prompt(req)

@@ -28,7 +28,7 @@ from locara.backends.base import (
     Timings,
     Usage,
 )
-from locara.backends.chat_template import render_chat
+from locara.backends.chat_template import request_prompt
 from locara.backends.stops import StopScanner
 from locara.errors import (
     BackendError,
@@ -130,16 +130,9 @@ class MlxModel:
         return len(self.tokenizer.encode(text))
 
     def render_prompt(self, req: GenerationRequest) -> str:
-        if req.prompt is not None:
-            return req.prompt
-        if self.template is None:
-            raise UnsupportedFeatureError(
-                f"{self.manifest.id} has no chat template",
-                "set config.chat_template in its manifest, or send a plain prompt",
-            )
         info = self.tokenizer.info
-        return render_chat(
-            self.template, req.messages, bos_token=info.bos_token, eos_token=info.eos_token
+        return request_prompt(
+            req, self.template, self.manifest.id, info.bos_token or "", info.eos_token or ""
         )
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
