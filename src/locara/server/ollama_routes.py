@@ -20,6 +20,7 @@ from locara import __version__
 from locara.backends.base import Chunk, GenerationRequest, Message
 from locara.engine.loader import resolve
 from locara.engine.pool import Lease, LoadedInfo
+from locara.engine.runner import batches
 from locara.errors import LocaraError, UnknownModelError, UsageError
 from locara.registry.catalog import Registry
 from locara.registry.manifest import ModelManifest
@@ -204,11 +205,10 @@ async def _generation_response(
     async def lines() -> AsyncIterator[bytes]:
         last = first
         try:
-            c: Chunk | None = first
-            while c is not None:
-                last = c
-                if c.text:
-                    yield ndjson(
+            async for group in batches(run, first, lambda c: c.finish_reason is not None):
+                last = group[-1]
+                data = b"".join(
+                    ndjson(
                         {
                             "model": model_name,
                             "created_at": _now_iso(),
@@ -216,9 +216,11 @@ async def _generation_response(
                             "done": False,
                         }
                     )
-                if c.finish_reason is not None:
-                    break
-                c = await anext(run, None)
+                    for c in group
+                    if c.text
+                )
+                if data:
+                    yield data
         except LocaraError as exc:
             yield ndjson(error_body(exc, ollama=True)[1])
             return

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from locara.backends.base import Chunk, GenerationRequest, TokenLogprob
 from locara.engine.pool import Lease
-from locara.engine.runner import ThreadedRun
+from locara.engine.runner import ThreadedRun, batches
 from locara.errors import LocaraError, UnknownModelError, UnsupportedFeatureError, UsageError
 from locara.server.common import (
     app_name,
@@ -103,6 +103,10 @@ async def _start(run: ThreadedRun[Chunk]) -> Chunk:
         return await run.__anext__()
     except StopAsyncIteration:  # pragma: no cover - generate always ends with a chunk
         raise UsageError("the model produced nothing") from None
+
+
+def _is_last(c: Chunk) -> bool:
+    return c.finish_reason is not None
 
 
 def _chat_logprobs(items: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
@@ -233,14 +237,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         yield event({"role": "assistant", "content": ""}, None, None)
         last = first
         try:
-            c: Chunk | None = first
-            while c is not None:
-                last = c
-                if c.text or c.logprobs:
-                    yield content(c)
-                if c.finish_reason is not None:
-                    break
-                c = await anext(run, None)
+            async for group in batches(run, first, _is_last):
+                last = group[-1]
+                data = b"".join(content(c) for c in group if c.text or c.logprobs)
+                if data:
+                    yield data
         except Exception as exc:
             yield _stream_error(exc)
             return
@@ -366,14 +367,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             yield event(echo, None, None)
         last = first
         try:
-            c: Chunk | None = first
-            while c is not None:
-                last = c
-                if c.text or c.logprobs:
-                    yield content(c)
-                if c.finish_reason is not None:
-                    break
-                c = await anext(run, None)
+            async for group in batches(run, first, _is_last):
+                last = group[-1]
+                data = b"".join(content(c) for c in group if c.text or c.logprobs)
+                if data:
+                    yield data
         except Exception as exc:
             yield _stream_error(exc)
             return
