@@ -22,6 +22,7 @@ import click
 
 from locara.cli.common import echo_json, human_size, settings
 from locara.errors import UsageError
+from locara.procs import pid_alive
 from locara.settings import Settings
 
 
@@ -33,21 +34,11 @@ def _read_state(cfg: Settings) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _running(cfg: Settings) -> dict[str, Any] | None:
     state = _read_state(cfg)
     if state is None:
         return None
-    if not _alive(int(state.get("pid", -1))):
+    if not pid_alive(int(state.get("pid", -1))):
         with contextlib.suppress(OSError):
             cfg.server_pid_path.unlink()  # a stale file from a crashed server
         return None
@@ -201,9 +192,9 @@ def stop(timeout_s: float) -> None:
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
-    if _alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
         click.echo(f"killed pid {pid} (it did not stop within {timeout_s:.0f} s)")
     else:

@@ -20,6 +20,7 @@ from typing import Any
 from filelock import FileLock
 
 from locara.errors import FetchError, IntegrityError, LocaraError, OfflineError, StoreError
+from locara.procs import pid_alive
 from locara.registry.manifest import Artifact, ModelManifest
 from locara.registry.names import check_filename, check_sha256
 from locara.settings import Settings
@@ -28,16 +29,6 @@ from locara.store.http import HttpOptions
 from locara.store.sources import is_local, iter_local
 
 Progress = Callable[[int, int | None], None]  # (bytes just written, total)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def partial_files(settings: Settings, sha256: str) -> list[Path]:
@@ -78,7 +69,7 @@ def claim_partial(settings: Settings, sha256: str) -> Path:
     orphans = []
     for p in partial_files(settings, sha256):
         owner = _part_owner(p)
-        if p.name in active or (owner is not None and owner != os.getpid() and _pid_alive(owner)):
+        if p.name in active or (owner is not None and owner != os.getpid() and pid_alive(owner)):
             continue
         with contextlib.suppress(OSError):
             orphans.append((p.stat().st_size, p))

@@ -9,13 +9,13 @@ used for the threshold (default 30 days).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from locara.errors import PinnedModelError, StoreError
+from locara.procs import pid_alive
 from locara.store.blobs import BlobStore
 
 DEFAULT_GC_DAYS = 30.0
@@ -113,16 +113,6 @@ def _pid_of_temp(name: str) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def gc(
     store: BlobStore,
     older_than_days: float = DEFAULT_GC_DAYS,
@@ -167,7 +157,7 @@ def gc(
             age_ok = p.stat().st_mtime < cutoff or p.is_dir()
         except OSError:
             continue
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             continue
         if not age_ok:
             continue
