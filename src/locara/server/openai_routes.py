@@ -6,7 +6,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -144,6 +144,38 @@ def _stream_error(exc: BaseException) -> bytes:
     return sse({"error": {"message": "internal error while generating", "type": "server_error"}})
 
 
+async def _sse_events(
+    run: ThreadedRun[Chunk],
+    first: Chunk,
+    content: Callable[[Chunk], bytes],
+    *,
+    opening: bytes | None,
+    closing: Callable[[Chunk], bytes],
+    usage: Callable[[Chunk], bytes] | None,
+) -> AsyncIterator[bytes]:
+    """The SSE body shared by chat and text completions: tokens in batches, then the end.
+
+    An error after streaming began cannot change the HTTP status any more, so it is
+    sent as an error event and the stream ends.
+    """
+    if opening is not None:
+        yield opening
+    last = first
+    try:
+        async for group in batches(run, first, _is_last):
+            last = group[-1]
+            data = b"".join(content(c) for c in group if c.text or c.logprobs)
+            if data:
+                yield data
+    except Exception as exc:
+        yield _stream_error(exc)
+        return
+    yield closing(last)
+    if usage is not None:
+        yield usage(last)
+    yield sse("[DONE]")
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """Chat completion; ``stream: true`` streams server-sent events."""
@@ -233,33 +265,27 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             return event({"content": c.text}, None, c)
         return head + json.dumps(c.text).encode() + tail
 
-    async def events() -> AsyncIterator[bytes]:
-        yield event({"role": "assistant", "content": ""}, None, None)
-        last = first
-        try:
-            async for group in batches(run, first, _is_last):
-                last = group[-1]
-                data = b"".join(content(c) for c in group if c.text or c.logprobs)
-                if data:
-                    yield data
-        except Exception as exc:
-            yield _stream_error(exc)
-            return
-        yield event({}, last.finish_reason or "stop", None)
-        if include_usage:
-            yield sse(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": _usage(last),
-                }
-            )
-        yield sse("[DONE]")
+    def usage_event(last: Chunk) -> bytes:
+        return sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "choices": [],
+                "usage": _usage(last),
+            }
+        )
 
-    return CancellableStream(events(), run.cancel, "text/event-stream", _headers(lease))
+    events = _sse_events(
+        run,
+        first,
+        content,
+        opening=event({"role": "assistant", "content": ""}, None, None),
+        closing=lambda last: event({}, last.finish_reason or "stop", None),
+        usage=usage_event if include_usage else None,
+    )
+    return CancellableStream(events, run.cancel, "text/event-stream", _headers(lease))
 
 
 def _completion_logprobs(items: tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
@@ -362,34 +388,27 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             return event(c.text, None, c)
         return head + json.dumps(c.text).encode() + tail
 
-    async def events() -> AsyncIterator[bytes]:
-        if echo:
-            yield event(echo, None, None)
-        last = first
-        try:
-            async for group in batches(run, first, _is_last):
-                last = group[-1]
-                data = b"".join(content(c) for c in group if c.text or c.logprobs)
-                if data:
-                    yield data
-        except Exception as exc:
-            yield _stream_error(exc)
-            return
-        yield event("", last.finish_reason or "stop", None)
-        if include_usage:
-            yield sse(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": _usage(last),
-                }
-            )
-        yield sse("[DONE]")
+    def usage_event(last: Chunk) -> bytes:
+        return sse(
+            {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model_name,
+                "choices": [],
+                "usage": _usage(last),
+            }
+        )
 
-    return CancellableStream(events(), run.cancel, "text/event-stream", _headers(lease))
+    events = _sse_events(
+        run,
+        first,
+        content,
+        opening=event(echo, None, None) if echo else None,
+        closing=lambda last: event("", last.finish_reason or "stop", None),
+        usage=usage_event if include_usage else None,
+    )
+    return CancellableStream(events, run.cancel, "text/event-stream", _headers(lease))
 
 
 def embedding_inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str]:
