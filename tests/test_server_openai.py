@@ -183,6 +183,28 @@ def test_completions(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
 
 
+def test_completions_stream_echo_and_usage(client: openai.OpenAI) -> None:
+    prompt = "The capital city of France is"
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=4,
+            temperature=0,
+            echo=True,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert texts[0] == prompt  # the echo comes first
+    assert "Paris" in "".join(texts[1:])
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
+    assert not chunks[-1].choices
+    assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens <= 4
+
+
 def test_completions_logprobs_and_echo(client: openai.OpenAI) -> None:
     prompt = "One, two, three,"
     r = client.completions.create(
