@@ -240,6 +240,29 @@ async def _generation_response(
     return CancellableStream(lines(), run.cancel, "application/x-ndjson")
 
 
+async def _lease_request(
+    request: Request,
+    reference: str | None,
+    keep_alive: float | None,
+    opts: Options,
+    fmt: Format,
+    messages: tuple[Message, ...] = (),
+    prompt: str | None = None,
+) -> tuple[Lease, GenerationRequest]:
+    """Lease the model and build the request; the lease is released if building fails."""
+    max_tokens = _max_tokens(opts)  # a bad num_predict is refused before any loading
+    svc = service(request)
+    lease = await svc.lease(
+        reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
+    )
+    try:
+        capped = svc.cap_tokens(max_tokens, lease)
+        return lease, _request(lease, opts, capped, fmt, messages=messages, prompt=prompt)
+    except BaseException:
+        lease.release()
+        raise
+
+
 @router.post("/api/chat", response_model=None)
 async def chat(body: ChatRequest, request: Request) -> Response:
     """Chat; streams NDJSON unless ``stream`` is false."""
@@ -253,18 +276,9 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         raise UsageError("tools are not supported by this model's chat template", "omit tools")
     messages = to_messages([(m.role, m.content) for m in body.messages])
     opts = _check_options(body.options)
-    max_tokens = _max_tokens(opts)
-    svc = service(request)
-    lease = await svc.lease(
-        reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
+    lease, req = await _lease_request(
+        request, reference, keep_alive, opts, body.format, messages=messages
     )
-    try:
-        req = _request(
-            lease, opts, svc.cap_tokens(max_tokens, lease), body.format, messages=messages
-        )
-    except BaseException:
-        lease.release()
-        raise
     name = body.model or lease.handle.resolved.manifest.id
     return await _generation_response(
         request, lease, req, body.stream is not False, name, "message"
@@ -287,26 +301,17 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     if body.context:
         raise UsageError("context (the deprecated token memory) is not supported", "use /api/chat")
     opts = _check_options(body.options)
-    max_tokens = _max_tokens(opts)
-    svc = service(request)
-    lease = await svc.lease(
-        reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
-    )
-    try:
-        if body.raw:
-            req = _request(
-                lease, opts, svc.cap_tokens(max_tokens, lease), body.format, prompt=body.prompt
-            )
-        else:
-            msgs = ((Message("system", body.system),) if body.system else ()) + (
-                Message("user", body.prompt),
-            )
-            req = _request(
-                lease, opts, svc.cap_tokens(max_tokens, lease), body.format, messages=msgs
-            )
-    except BaseException:
-        lease.release()
-        raise
+    if body.raw:
+        lease, req = await _lease_request(
+            request, reference, keep_alive, opts, body.format, prompt=body.prompt
+        )
+    else:
+        msgs = ((Message("system", body.system),) if body.system else ()) + (
+            Message("user", body.prompt),
+        )
+        lease, req = await _lease_request(
+            request, reference, keep_alive, opts, body.format, messages=msgs
+        )
     name = body.model or lease.handle.resolved.manifest.id
     return await _generation_response(
         request, lease, req, body.stream is not False, name, "response"
