@@ -1,4 +1,4 @@
-"""Pick the artifact a reference means, before the device-aware planner refines it."""
+"""Pick the artifact a reference means: pinned, named, stored, bundled, else planned."""
 
 from __future__ import annotations
 
@@ -46,4 +46,33 @@ def select_artifact(
     for art in candidates:
         if any(is_local(s) for s in art.sources):
             return art
-    return candidates[0]
+    planned = _planned_artifact(manifest, candidates, store, backend)
+    return planned if planned is not None else candidates[0]
+
+
+def _planned_artifact(
+    manifest: ModelManifest, candidates: tuple[Artifact, ...], store: BlobStore, backend: str
+) -> Artifact | None:
+    """The quant the device-aware planner would download for this machine, if it finds one.
+
+    Only consulted when nothing is stored or bundled, i.e. when a download is next: a
+    wrong guess there costs gigabytes, so the plan (memory fit, the device's quant class,
+    measured speeds) decides instead of the manifest's order.
+    """
+    if backend not in ("llamacpp", "mlx") or len(candidates) < 2:
+        return None
+    from locara.device.profile import detect_profile
+    from locara.planner.plan import PlanRequest, plan_model
+    from locara.planner.results import read_bench_results
+
+    settings = store.settings
+    device = detect_profile(settings)
+    plan = plan_model(
+        manifest,
+        device,
+        PlanRequest(backend="llama_cpp" if backend == "llamacpp" else "mlx"),
+        bench_results=read_bench_results(settings.bench_results_path, device),
+    )
+    if plan.ok and plan.artifact is not None and plan.artifact in candidates:
+        return plan.artifact
+    return None
