@@ -151,8 +151,8 @@ def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose:
     last: Chunk | None = None
     res = handle.resolved
 
-    def failed(status: Status, error: str | None) -> None:
-        # Errors and Ctrl-C are usage too: one ledger row for every request.
+    def record(status: Status, error: str | None = None, tg: float | None = None) -> None:
+        # Every request is usage, errors and Ctrl-C included: one ledger row each.
         record_usage(
             settings(),
             UsageRecord(
@@ -163,6 +163,8 @@ def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose:
                 surface="cli",
                 prompt_tokens=last.prompt_tokens if last else 0,
                 completion_tokens=last.completion_tokens if last else 0,
+                ttft_s=last.timings.ttft_s if last and last.timings else None,
+                generation_tps=tg,
                 load_s=handle.load_s,
                 status=status,
                 error=error,
@@ -177,31 +179,16 @@ def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
     except KeyboardInterrupt:
-        failed("cancelled", None)
+        record("cancelled")
         raise
     except LocaraError as exc:
-        failed("error", exc.message)
+        record("error", exc.message)
         raise
     text = "".join(parts)
     assert last is not None and last.usage is not None and last.timings is not None
     usage, timings = last.usage, last.timings
     pp, tg = timings.rates(usage)
-    record_usage(
-        settings(),
-        UsageRecord(
-            model_id=res.manifest.id,
-            sha256=res.blob.sha256,
-            backend=handle.backend,
-            app="cli",
-            surface="cli",
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            ttft_s=timings.ttft_s,
-            generation_tps=tg,
-            load_s=handle.load_s,
-            status="ok" if last.finish_reason != "cancelled" else "cancelled",
-        ),
-    )
+    record("ok" if last.finish_reason != "cancelled" else "cancelled", tg=tg)
     stats = {
         "load_s": round(handle.load_s, 4),
         "ttft_s": round(timings.ttft_s, 4),

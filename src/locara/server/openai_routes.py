@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -144,6 +145,20 @@ def _stream_error(exc: BaseException) -> bytes:
     return sse({"error": {"message": "internal error while generating", "type": "server_error"}})
 
 
+def _usage_event(cid: str, obj: str, created: int, model: str, last: Chunk) -> bytes:
+    """The final ``include_usage`` event: no choices, the request's token counts."""
+    return sse(
+        {
+            "id": cid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": _usage(last),
+        }
+    )
+
+
 async def _sse_events(
     run: ThreadedRun[Chunk],
     first: Chunk,
@@ -265,25 +280,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             return event({"content": c.text}, None, c)
         return head + json.dumps(c.text).encode() + tail
 
-    def usage_event(last: Chunk) -> bytes:
-        return sse(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model_name,
-                "choices": [],
-                "usage": _usage(last),
-            }
-        )
-
     events = _sse_events(
         run,
         first,
         content,
         opening=event({"role": "assistant", "content": ""}, None, None),
         closing=lambda last: event({}, last.finish_reason or "stop", None),
-        usage=usage_event if include_usage else None,
+        usage=partial(_usage_event, cid, "chat.completion.chunk", created, model_name)
+        if include_usage
+        else None,
     )
     return CancellableStream(events, run.cancel, "text/event-stream", _headers(lease))
 
@@ -388,25 +393,15 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             return event(c.text, None, c)
         return head + json.dumps(c.text).encode() + tail
 
-    def usage_event(last: Chunk) -> bytes:
-        return sse(
-            {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": model_name,
-                "choices": [],
-                "usage": _usage(last),
-            }
-        )
-
     events = _sse_events(
         run,
         first,
         content,
         opening=event(echo, None, None) if echo else None,
         closing=lambda last: event("", last.finish_reason or "stop", None),
-        usage=usage_event if include_usage else None,
+        usage=partial(_usage_event, cid, "text_completion", created, model_name)
+        if include_usage
+        else None,
     )
     return CancellableStream(events, run.cancel, "text/event-stream", _headers(lease))
 
