@@ -292,7 +292,7 @@ def test_correctness_does_not_depend_on_the_lock(
 
     import locara.store.fetch as fetch_mod
 
-    monkeypatch.setattr(fetch_mod, "FileLock", _NoLock)
+    monkeypatch.setattr(fetch_mod, "exclusive_lock", _NoLock)
     server.fault(PATH, "slow", rate=150_000_000)  # long enough for the three to overlap
     s = _settings(home, reg)
     results: list[object] = []

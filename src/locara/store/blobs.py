@@ -27,6 +27,7 @@ from locara.errors import IntegrityError, LocaraError, StoreError
 from locara.registry.names import check_filename, check_sha256
 from locara.settings import Settings
 from locara.store.index import StoreIndex
+from locara.store.locks import open_nofollow
 
 CHUNK = 1 << 20
 META = "meta.json"
@@ -368,8 +369,12 @@ class BlobStore:
         return blob
 
     def _write_meta(self, directory: Path, meta: dict[str, Any]) -> None:
+        # A fresh temp file (O_EXCL: never an existing file or link) renamed over the
+        # old one: rename replaces a planted link at meta.json instead of following it.
         tmp = directory / f".{META}.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
         os.replace(tmp, directory / META)
 
     def remove(self, sha256: str) -> None:
@@ -402,7 +407,7 @@ class BlobStore:
     def lease(self, sha256: str) -> Iterator[None]:
         """Hold ``sha256`` as in use for the duration of the ``with`` block."""
         self.ensure_writable()
-        fd = os.open(self._lease_path(sha256), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_nofollow(self._lease_path(sha256), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             yield
@@ -412,9 +417,9 @@ class BlobStore:
     def in_use(self, sha256: str) -> bool:
         """True while some process holds a lease on ``sha256``."""
         path = self._lease_path(sha256)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return False
-        fd = os.open(path, os.O_RDWR)
+        fd = open_nofollow(path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from locara.errors import FetchError, IntegrityError, LocaraError, OfflineError, StoreError
 from locara.procs import pid_alive
 from locara.registry.manifest import Artifact, ModelManifest
@@ -26,6 +24,7 @@ from locara.registry.names import check_filename, check_sha256
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, StoredBlob
 from locara.store.http import HttpOptions
+from locara.store.locks import exclusive_lock
 from locara.store.sources import is_local, iter_local
 
 Progress = Callable[[int, int | None], None]  # (bytes just written, total)
@@ -71,6 +70,10 @@ def claim_partial(settings: Settings, sha256: str) -> Path:
         owner = _part_owner(p)
         if p.name in active or (owner is not None and owner != os.getpid() and pid_alive(owner)):
             continue
+        if p.is_symlink():  # planted: taking it over would append the download to its target
+            with contextlib.suppress(OSError):
+                p.unlink()
+            continue
         with contextlib.suppress(OSError):
             orphans.append((p.stat().st_size, p))
     orphans.sort(reverse=True)
@@ -108,7 +111,7 @@ def fetch_blob(
             "unset LOCARA_OFFLINE to download it, or use a model that is already stored (locara ls)",
             network[0],
         )
-    with FileLock(str(settings.locks_dir / f"{sha256}.lock"), timeout=-1):
+    with exclusive_lock(settings.locks_dir / f"{sha256}.lock"):
         if store.find(sha256) is not None:
             return store.verify(sha256)
         blob_meta = {**meta, "sources": list(sources)}
@@ -294,7 +297,7 @@ def _fetch_unverified(
         if is_local(url):
             continue
         key = hashlib.sha256(url.encode()).hexdigest()  # names the partial file and lock
-        with FileLock(str(settings.locks_dir / f"{key}.lock"), timeout=-1):
+        with exclusive_lock(settings.locks_dir / f"{key}.lock"):
             part = claim_partial(settings, key)
             try:
                 actual, size = download(url, settings, part, artifact.size_bytes, tick, http)

@@ -24,6 +24,7 @@ import httpx
 
 from locara.errors import FetchError, IntegrityError, StoreError
 from locara.settings import Settings
+from locara.store.locks import open_nofollow
 
 CHUNK = 1 << 20
 TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
@@ -176,9 +177,11 @@ def download(
     opts = options or HttpOptions()
     real = resolve_url(url, settings)
     headers = _headers(real, settings)
-    mode = "r+b" if path.exists() else "w+b"
     try:
-        f = path.open(mode)
+        # O_NOFOLLOW: a link planted at the partial's path must not receive the bytes.
+        f = os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+b")
+    except StoreError:
+        raise
     except OSError as exc:
         raise StoreError(
             f"cannot write {path}: {exc.strerror or exc}", "check LOCARA_HOME"
