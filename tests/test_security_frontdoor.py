@@ -51,6 +51,48 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# -- item 5: /metrics injection and unbounded series -----------------------------------
+def test_model_names_cannot_write_into_metrics(open_server: RunningServer) -> None:
+    url = open_server.url
+    injected = 'x"}\nlocara_injected_total 1\n# '
+    names = [injected, "no-such-model-1", "no-such-model-2", "a\\b"]
+    for name in names:
+        r = httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "model": name})
+        assert r.status_code in (400, 404), r.text
+    r = httpx.post(f"{url}/api/chat", json={"model": "no-such-model-3", "messages": MSGS})
+    assert r.status_code == 404
+    # A known model that fails to load keeps its (bounded) catalog id.
+    r = httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "num_ctx": 10**6})
+    assert r.status_code == 400
+
+    text = httpx.get(f"{url}/metrics").text
+    assert "locara_injected_total" not in text
+    assert not any(n in text for n in ("no-such-model", "a\\b", 'x"}'))
+    labels = {"model": "(unresolved)", "status": "error"}
+    assert metric(text, "locara_requests_total", surface="openai", **labels) == 4
+    assert metric(text, "locara_requests_total", surface="ollama", **labels) == 1
+    assert metric(text, "locara_requests_total", surface="openai", model=MODEL, status="error")
+    for line in text.splitlines():  # every line is a comment or one well-formed sample
+        assert line.startswith("#") or line.startswith("locara_"), line
+
+    def ledger_models() -> set[str]:
+        with sqlite3.connect(open_server.home / "usage.db") as db:
+            return {m for (m,) in db.execute("SELECT model_id FROM requests")}
+
+    assert wait_until(lambda: "(unresolved)" in ledger_models())
+    assert not any("no-such-model" in m for m in ledger_models())
+
+
+def test_metrics_labels_are_escaped_per_the_text_format() -> None:
+    from locara.server.metrics import Metrics
+
+    m = Metrics()
+    m.observe("openai", 'q"uo\\te\nlocara_fake 1', "ok")
+    text = m.render([], {})
+    assert 'model="q\\"uo\\\\te\\nlocara_fake 1"' in text
+    assert not any(line.startswith("locara_fake") for line in text.splitlines())
+
+
 # -- item 10: symlinks planted in the store ----------------------------------------------
 def test_planted_symlink_in_the_locks_dir_is_refused_by_name(tmp_path: Path) -> None:
     home = tmp_path / "home"

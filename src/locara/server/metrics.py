@@ -15,11 +15,14 @@ from locara.engine.pool import LoadedInfo
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def _escape(value: str) -> str:
+    # The text format's three escapes, backslash first. An unescaped newline in a model
+    # name would end the sample and let its remainder read as lines of its own.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(**kv: str) -> str:
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in kv.items()
-    )
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in kv.items())
     return "{" + inner + "}" if inner else ""
 
 

@@ -61,7 +61,19 @@ class Service:
                 keep_alive_s=keep_alive_s,
             )
         except LocaraError as exc:
-            model = reference or self.settings.default_model
+            from locara.registry.catalog import Registry
+            from locara.registry.refs import parse_ref
+
+            # Label with a catalog id only: a raw client string would add a metrics
+            # series (and a ledger model) per distinct name, forever.
+            model = "(unresolved)"
+            try:
+                ref_id = parse_ref(reference or self.settings.default_model).id
+                known = Registry(self.settings).path_of(ref_id) is not None
+            except LocaraError:
+                known = False
+            if known:
+                model = ref_id
             self.metrics.observe(caller.surface, model, "error")
             self._record(caller, model, None, "", status="error", error=exc.message)
             raise
