@@ -132,3 +132,17 @@ def test_planted_partial_download_link_is_not_taken_over(tmp_path: Path) -> None
     assert not mine.exists() and not planted.is_symlink()
     assert target.read_text() == "x" * 100
 
+
+# -- OpenAPI: the document declares the status codes really sent ------------------------
+def test_openapi_declares_400_not_422(open_server: RunningServer) -> None:
+    doc = httpx.get(f"{open_server.url}/openapi.json").json()
+    assert '"422"' not in json.dumps(doc)
+    chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "401", "403", "404", "413", "503"} <= set(chat)
+    ref = chat["400"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/OpenAIError"
+    pull = doc["paths"]["/api/pull"]["post"]["responses"]
+    assert pull["403"]["content"]["application/json"]["schema"]["$ref"].endswith("OllamaError")
+    r = httpx.post(f"{open_server.url}/v1/chat/completions", json={"model": MODEL})
+    assert r.status_code == 400 and set(r.json()["error"]) >= {"message", "type", "param"}
+

@@ -1,7 +1,8 @@
 """Every bad input gets a 4xx with an OpenAI-style (or Ollama-style) error body, never a 500.
 
 The last test lets schemathesis generate valid and invalid requests for every route in
-the server's own OpenAPI document and requires zero 5xx answers.
+the server's own OpenAPI document and requires zero 5xx answers, and every status code
+to be one the document declares for that route.
 """
 
 from __future__ import annotations
@@ -196,6 +197,16 @@ def test_schemathesis_finds_no_server_errors(server: RunningServer) -> None:
                     failures.append(
                         f"{case.method} {case.path} {case.body!r} -> "
                         f"{response.status_code} {response.text[:200]}"
+                    )
+                    return
+                try:
+                    case.validate_response(
+                        response, checks=[schemathesis.checks.status_code_conformance]
+                    )
+                except schemathesis.checks.FailureGroup:
+                    failures.append(
+                        f"{case.method} {case.path} -> {response.status_code}, "
+                        f"not declared in /openapi.json: {response.text[:200]}"
                     )
 
             try:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from locara import __version__
 from locara.errors import LocaraError
+from locara.server import openapi
 from locara.server.config import ServerConfig
 from locara.server.errors import HTTPError, error_body, is_ollama_path, validation_message
 from locara.server.security import SecurityMiddleware
@@ -67,6 +68,7 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     app.state.service = service
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    openapi.install(app)  # 400 (not 422) and the front door's codes, as actually sent
 
     @app.exception_handler(LocaraError)
     async def locara_error(request: Request, exc: LocaraError) -> JSONResponse:
