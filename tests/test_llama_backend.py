@@ -13,7 +13,12 @@ from locara.backends.chat_template import render_chat
 from locara.backends.llama_cpp import LlamaCppModel
 from locara.backends.stops import StopScanner
 from locara.engine.loader import load, resolve
-from locara.errors import ContextOverflowError, ModelFormatError, UsageError
+from locara.errors import (
+    ContextOverflowError,
+    ModelFormatError,
+    TemplateRefusedError,
+    UsageError,
+)
 from locara.settings import Settings
 
 GREEDY = Sampling(temperature=0.0, seed=1)
@@ -200,7 +205,8 @@ def test_template_sandbox_blocks_python_internals() -> None:
     evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(ModelFormatError):
         render_chat(evil, CAPITAL)
-    with pytest.raises(ModelFormatError, match="refused"):
+    # The template's own check refuses the request: the client's to fix, not the model's.
+    with pytest.raises(TemplateRefusedError, match="roles must alternate"):
         render_chat("{{ raise_exception('roles must alternate') }}", CAPITAL)
     with pytest.raises(ModelFormatError, match="does not compile"):
         render_chat("{% for %}", CAPITAL)

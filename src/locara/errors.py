@@ -6,7 +6,8 @@ exceptions still catch them sensibly.
 
     LocaraError(Exception)
     ├── UsageError(ValueError)              bad arguments, bad references, bad sampling values
-    │   └── InvalidReferenceError           a model reference/id/digest/filename that is not allowed
+    │   ├── InvalidReferenceError           a model reference/id/digest/filename that is not allowed
+    │   └── TemplateRefusedError            a chat template refused the messages (role order, …)
     ├── UnknownModelError(KeyError)         no manifest with that id (suggests near matches)
     ├── ManifestError(ValueError)           a manifest that does not validate
     ├── StoreError(OSError)                 the store cannot be written/read (permissions, disk full)
@@ -14,6 +15,7 @@ exceptions still catch them sensibly.
     ├── FetchError(OSError)                 a download failed (url, HTTP status)
     │   └── OfflineError                    a model is needed and the network is off
     ├── ModelFormatError(ValueError)        not a GGUF, truncated, missing metadata
+    │   └── ChatTemplateError               the model's chat template is broken (fails to render)
     ├── ContextOverflowError(ValueError)    prompt (+ max_tokens) longer than the context
     ├── NoFitError(MemoryError)             nothing fits this device (carries reasons)
     ├── BackendUnavailableError(RuntimeError) backend not installed or cannot run here
@@ -55,6 +57,10 @@ class UsageError(LocaraError, ValueError):
 
 class InvalidReferenceError(UsageError):
     """A model reference, id, digest or filename that Locara refuses to build a path from."""
+
+
+class TemplateRefusedError(UsageError):
+    """A chat template's own check refused the messages (roles out of order, and the like)."""
 
 
 class UnknownModelError(LocaraError, KeyError):
@@ -116,14 +122,34 @@ class ModelFormatError(LocaraError, ValueError):
     """A model file that is not what it claims to be (not GGUF, truncated, missing metadata)."""
 
 
+class ChatTemplateError(ModelFormatError):
+    """The model's chat template is broken: it does not compile or fails while rendering."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(
+            message,
+            hint
+            or "the model's template is at fault, not the request: check it with "
+            "`locara show MODEL`, or set config.chat_template in its manifest",
+        )
+
+
 class ContextOverflowError(LocaraError, ValueError):
     """A prompt that does not fit the context window; never silently truncated."""
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+    def __init__(
+        self, prompt_tokens: int, max_tokens: int, n_ctx: int, *, input_bytes: int | None = None
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.n_ctx = n_ctx
-        if max_tokens > 0:
+        if input_bytes is not None:
+            # Refused before tokenizing: ``prompt_tokens`` is a lower bound.
+            message = (
+                f"the input is {input_bytes} bytes, at least {prompt_tokens} tokens, "
+                f"but the context holds {n_ctx}"
+            )
+        elif max_tokens > 0:
             message = (
                 f"prompt is {prompt_tokens} tokens; with max_tokens {max_tokens} it needs "
                 f"{prompt_tokens + max_tokens} but the context holds {n_ctx}"

@@ -8,7 +8,7 @@ reason and the usage. Heavy imports (llama_cpp, mlx) happen inside ``load()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -69,6 +69,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None  # {} means "any JSON object"
     logprobs: int | None = None  # None: off; N >= 0: each token's logprob and N alternatives
+    # Polled between batches of prompt work, so a long prompt stops soon after its client
+    # went away (a generation stops between tokens anyway, when its iterator is closed).
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> GenerationRequest:
         if (self.prompt is None) == (not self.messages):

@@ -29,7 +29,8 @@ from locara.backends.base import (
     TokenLogprob,
     Usage,
 )
-from locara.backends.chat_template import request_prompt
+from locara.backends.chat_template import request_prompt, request_segments
+from locara.backends.schema_guard import MAX_GRAMMAR_BYTES, check_schema, refuse
 from locara.backends.stops import StopScanner
 from locara.errors import (
     BackendError,
@@ -137,12 +138,44 @@ class LlamaCppModel:
         )
         self._lock = threading.Lock()
         self._stop_ids = self._single_token_ids(manifest.config.stop_tokens)
+        self._specials, self._max_token_bytes = self._vocab_facts()
 
     # -- tokens --------------------------------------------------------------------
+    def _vocab_facts(self) -> tuple[frozenset[str], int]:
+        """The control tokens' texts, and the most bytes any one token stands for.
+
+        A text of more than ``n_ctx × max_token_bytes`` bytes cannot fit the context,
+        whatever it says: such input is refused before tokenizing, which costs time
+        (quadratic in the number of special-token matches) and holds no model lock.
+        """
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        specials: set[str] = set()
+        longest = 1
+        for tok in range(int(self._llm.n_vocab())):
+            piece = bytes(self._llm.detokenize([tok], special=True))
+            longest = max(longest, len(piece))
+            if llama_cpp.llama_vocab_get_attr(vocab, tok) & control and piece:
+                specials.add(piece.decode("utf-8", "replace"))
+        return frozenset(specials), longest
+
+    def check_input_size(self, text: str, n_ctx: int | None = None) -> None:
+        """Refuse text that no tokenization could fit into ``n_ctx`` tokens, before tokenizing."""
+        limit = n_ctx or self.n_ctx
+        size = len(text.encode("utf-8"))
+        if size > limit * self._max_token_bytes:
+            raise ContextOverflowError(
+                -(-size // self._max_token_bytes), 0, limit, input_bytes=size
+            )
+
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
 
     def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as a raw prompt; refused untokenized when it cannot fit."""
+        self.check_input_size(text)
         return len(self.tokenize(text))
 
     def _single_token_ids(self, words: tuple[str, ...]) -> set[int]:
@@ -166,11 +199,18 @@ class LlamaCppModel:
         return request_prompt(req, self.template, self.manifest.id, bos, eos)
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
-        text = self.render_prompt(req)
-        add_bos = bool(self._llm._model.add_bos_token()) and not (
+        """The request's prompt as tokens: the template's markers special, contents plain."""
+        bos, eos = self._bos_eos()
+        segments = request_segments(req, self.template, self.manifest.id, bos, eos, self._specials)
+        self.check_input_size("".join(text for text, _ in segments))
+        tokens: list[int] = []
+        if self._llm._model.add_bos_token() and not (
             req.prompt is None and self.template and "bos_token" in self.template
-        )
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        ):
+            tokens.append(int(self._llm.token_bos()))
+        for text, special in segments:
+            tokens += self.tokenize(text, special=special)
+        return tokens
 
     # -- generation ----------------------------------------------------------------
     def generate(self, req: GenerationRequest) -> Iterator[Chunk]:
@@ -193,6 +233,26 @@ class LlamaCppModel:
         with self._lock:
             yield from self._generate_locked(req, tokens, budget, grammar)
 
+    def _prefill(self, tokens: list[int], req: GenerationRequest) -> bool:
+        """Evaluate the prompt but its last token in batches; False when cancelled meanwhile.
+
+        ``Llama.generate`` evaluates a whole prompt before it yields, which nothing can
+        interrupt; a client that went away during a long prompt would keep the model busy
+        for seconds. Evaluated here batch by batch, the work stops at the next batch, and
+        ``generate`` then finds everything but the last token cached.
+        """
+        llm = self._llm
+        start = self._reusable_prefix(tokens)
+        end = len(tokens) - 1
+        if req.cancelled is None or end - start <= llm.n_batch:
+            return True
+        llm.n_tokens = start  # eval() drops the cache beyond this point first
+        for i in range(start, end, llm.n_batch):
+            if req.cancelled():
+                return False
+            llm.eval(tokens[i : min(i + llm.n_batch, end)])
+        return not req.cancelled()
+
     def _generate_locked(
         self, req: GenerationRequest, tokens: list[int], budget: int, grammar: Any
     ) -> Iterator[Chunk]:
@@ -202,6 +262,8 @@ class LlamaCppModel:
         s = req.sampling
         llm.set_seed(s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         cached = self._reusable_prefix(tokens)
+        if not self._prefill(tokens, req):
+            return
         scanner = StopScanner(req.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
@@ -292,17 +354,36 @@ class LlamaCppModel:
         return n - 1 if n == len(tokens) and n > 0 else n
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
+        """A grammar for ``schema`` that llama.cpp has been seen to build.
+
+        llama-cpp-python 0.3.36 hands whatever ``llama_sampler_init_grammar`` returns to
+        the sampler chain, NULL included, and the next token then segfaults the process:
+        so the grammar is built once here and a NULL is refused with a 400.
+        """
+        import llama_cpp
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
+        check_schema(schema)
         try:
             if not schema:
-                return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            else:
+                grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         except Exception as exc:  # the converter asserts and trips over odd schemas
             raise UnsupportedFeatureError(
                 f"this JSON schema cannot be compiled to a grammar: {exc}",
                 "simplify the schema (objects, arrays, strings, numbers, enums)",
             ) from exc
+        text: str = grammar._grammar
+        if len(text.encode("utf-8")) > MAX_GRAMMAR_BYTES:
+            raise refuse("$", f"its grammar is larger than {MAX_GRAMMAR_BYTES} bytes")
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self._llm._model.vocab, text.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not sampler:
+            raise refuse("$", "llama.cpp cannot build a grammar from it (see the patterns)")
+        llama_cpp.llama_sampler_free(sampler)
+        return grammar
 
     # -- embeddings ----------------------------------------------------------------
     def embed(self, texts: list[str]) -> list[list[float]]:

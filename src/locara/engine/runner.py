@@ -17,14 +17,16 @@ lease released there is never released while the model is still decoding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 Outcome = Literal["ok", "error", "cancelled"]
 
@@ -107,6 +109,9 @@ class ThreadedRun(Generic[T]):
                 if self._cancel.is_set():
                     result.outcome = "cancelled"
                     break
+            else:
+                if self._cancel.is_set():  # the backend saw the cancel and stopped early
+                    result.outcome = "cancelled"
         except BaseException as exc:  # handed to the reader, which re-raises it
             result.outcome = "cancelled" if self._cancel.is_set() else "error"
             result.error = exc
@@ -162,3 +167,35 @@ async def batches(
                 return
         yield group
         item = await anext(run, None)
+
+
+async def in_thread(fn: Callable[..., R], *args: Any, name: str = "locara-call") -> R:
+    """``fn(*args)`` in a thread of its own, awaited without blocking the event loop.
+
+    Not ``asyncio.to_thread``: its executor has a handful of threads (cores + 4), and a
+    call that waits (for a model lock, for a load) would hold one; a few such waiting
+    requests would stall every other route that needs the executor.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def work() -> None:
+        ok = False
+        value: Any = None
+        try:
+            value, ok = fn(*args), True
+        except BaseException as exc:
+            value = exc
+        with contextlib.suppress(RuntimeError):  # the event loop is gone (shutting down)
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future

@@ -14,6 +14,7 @@ from typing import Any
 from locara.errors import (
     AuthError,
     BackendUnavailableError,
+    ChatTemplateError,
     ContextOverflowError,
     FetchError,
     LocaraError,
@@ -58,6 +59,10 @@ def status_of(exc: LocaraError) -> tuple[int, str, str | None]:
         return 404, "invalid_request_error", "model_not_found"
     if isinstance(exc, ContextOverflowError):
         return 400, "invalid_request_error", "context_length_exceeded"
+    if isinstance(exc, ChatTemplateError):
+        # The model's template is broken for these messages: not the client's syntax
+        # error (400) and not a crash of the server (500).
+        return 422, "invalid_request_error", "chat_template_error"
     if isinstance(exc, (UsageError, UnsupportedFeatureError)):
         return 400, "invalid_request_error", None
     if isinstance(exc, ServerBusyError):

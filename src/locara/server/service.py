@@ -6,17 +6,16 @@ whether it finished, failed or was cancelled by a client that went away.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
 from locara.backends.base import Chunk, GenerationRequest
 from locara.engine.pool import Lease, ModelPool
-from locara.engine.runner import RunResult, ThreadedRun
+from locara.engine.runner import RunResult, ThreadedRun, in_thread
 from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
 from locara.ledger import UsageRecord, record_usage
 from locara.server.config import ServerConfig
@@ -53,12 +52,11 @@ class Service:
     ) -> Lease:
         """A lease on a loaded model; failures are counted before they propagate."""
         try:
-            return await asyncio.to_thread(
-                self.pool.acquire,
-                reference,
-                n_ctx=n_ctx,
-                embedding=embedding,
-                keep_alive_s=keep_alive_s,
+            return await in_thread(
+                lambda: self.pool.acquire(
+                    reference, n_ctx=n_ctx, embedding=embedding, keep_alive_s=keep_alive_s
+                ),
+                name="locara-acquire",
             )
         except LocaraError as exc:
             from locara.registry.catalog import Registry
@@ -106,13 +104,14 @@ class Service:
             )
 
         def make() -> Iterator[Chunk]:
-            return model.generate(req)
+            return model.generate(replace(req, cancelled=lambda: run.cancelled))
 
         def done(result: RunResult[Chunk]) -> None:
             lease.release()
             self._account_generation(lease, caller, result)
 
-        return ThreadedRun(make, done, is_last=lambda c: c.finish_reason is not None).start()
+        run = ThreadedRun(make, done, is_last=lambda c: c.finish_reason is not None)
+        return run.start()
 
     async def embed(
         self, lease: Lease, texts: list[str], caller: Caller
@@ -120,12 +119,17 @@ class Service:
         """Vectors for ``texts`` and the number of tokens they took; releases the lease."""
         started = time.perf_counter()
         model = lease.handle.model
-        try:
+
+        def work() -> tuple[list[int], list[list[float]]]:
+            # Tokenizing costs time too (it grows with the input): never on the event loop.
             counts = [model.count_tokens(t) for t in texts]
             for n in counts:
                 if n > model.n_ctx:
                     raise ContextOverflowError(n, 0, model.n_ctx)
-            vectors = await asyncio.to_thread(model.embed, texts)
+            return counts, model.embed(texts)
+
+        try:
+            counts, vectors = await in_thread(work, name="locara-embed")
         except LocaraError as exc:
             self._account_simple(lease, caller, "error", 0, exc.message)
             raise
