@@ -154,13 +154,16 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    n_ctx: int = 4096
+    """How a backend loads a model; the loader fills every field from the plan."""
+
+    n_ctx: int = 4096  # tokens per slot
     n_threads: int | None = None  # None: physical (performance) cores
     n_gpu_layers: int = 0
     embedding: bool = False
     flash_attn: bool = False
     kv_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     n_batch: int = 512
+    n_parallel: int = 1  # slots: requests decoded at once, each with n_ctx tokens of KV
 
 
 @dataclass(frozen=True)
