@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jsonschema
 import ollama
 import pytest
 
-from server_harness import RunningServer, running_server
+from conftest import DEFAULT_SHA
+from server_harness import RunningServer, clone_home, running_server
 
 MODEL = "smollm2-135m-instruct"
 SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -177,3 +179,30 @@ def test_ollama_errors_are_ollama_shaped(server: RunningServer) -> None:
         json={"model": MODEL, "messages": CAPITAL, "options": {"bogus": 1}},
     )
     assert r.status_code == 400 and "bogus" in r.json()["error"]
+
+
+def test_delete_refuses_a_model_an_app_pins(shared_home: Path, tmp_path: Path) -> None:
+    """``/api/delete`` goes through ``locara rm``'s checks: an app's pin is a 409."""
+    from locara.apps.install import install_app
+    from locara.settings import Settings
+
+    home = clone_home(shared_home, tmp_path / "home")
+    app = tmp_path / "notes"
+    app.mkdir()
+    (app / "locara.app.json").write_text(
+        json.dumps(
+            {
+                "id": "notes",
+                "name": "Notes",
+                "version": "1.0.0",
+                "models": [f"{MODEL}@sha256:{DEFAULT_SHA}"],
+            }
+        )
+    )
+    install_app(Settings.from_env({"LOCARA_HOME": str(home)}), app)
+    with running_server(home) as s:
+        r = httpx.request("DELETE", f"{s.url}/api/delete", json={"model": MODEL}, timeout=60)
+        assert r.status_code == 409, r.text
+        assert "notes" in r.json()["error"] and "uninstall" in r.json()["hint"]
+        assert [m["name"].split(":")[0] for m in httpx.get(f"{s.url}/api/tags").json()["models"]]
+    assert (home / "models" / DEFAULT_SHA).is_dir()

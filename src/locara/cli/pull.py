@@ -78,21 +78,12 @@ def pull(model: str, backend: str | None, as_json: bool) -> None:
 @click.argument("model")
 def rm(model: str) -> None:
     """Remove MODEL's stored blobs (all quants, or the one named by :QUANT / @sha256:)."""
-    from locara.store.gc import remove_blob
+    from locara.store.gc import remove_blob, stored_shas
 
     cfg = settings()
     ref = parse_ref(model)
     store = BlobStore(cfg)
-    shas: list[str] = []
-    if ref.sha256:
-        shas = [ref.sha256]
-    else:
-        for rec in store.index.blobs():
-            if rec.model_id == ref.id and (
-                ref.quant is None or (rec.quant or "").lower() == ref.quant.lower()
-            ):
-                shas.append(rec.sha256)
-    shas = [s for s in shas if store.find(s) is not None or store.planted_symlink(s)]
+    shas = stored_shas(store, ref)
     if not shas:
         known = Registry(cfg)
         if known.path_of(ref.id) is None:

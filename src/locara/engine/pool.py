@@ -155,7 +155,9 @@ class ModelPool:
                 f"{MIN_CTX}..{trained} tokens",
                 f"pass num_ctx between {MIN_CTX} and {trained}",
             )
-        key = (resolved.blob.sha256, embedding)
+        # Two manifests may name one blob with different chat templates and stop tokens,
+        # which the loaded model carries: each manifest gets its own loaded copy.
+        key = (f"{resolved.manifest.id}@{resolved.blob.sha256}", embedding)
         with self._lock:
             lease = self._try_lease(key, n_ctx, keep_alive_s)
             if lease is not None:

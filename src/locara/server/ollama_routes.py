@@ -21,7 +21,13 @@ from locara.backends.base import Chunk, GenerationRequest, Message
 from locara.engine.loader import resolve
 from locara.engine.pool import Lease, LoadedInfo
 from locara.engine.runner import batches
-from locara.errors import LocaraError, UnknownModelError, UsageError
+from locara.errors import (
+    LocaraError,
+    PinnedModelError,
+    StoreError,
+    UnknownModelError,
+    UsageError,
+)
 from locara.registry.catalog import Registry
 from locara.registry.manifest import ModelManifest
 from locara.registry.refs import parse_ref
@@ -523,34 +529,24 @@ async def pull(body: PullRequest, request: Request) -> Response:
 
 @router.delete("/api/delete", response_model=None)
 async def delete(body: DeleteRequest, request: Request) -> Response:
-    """Remove a model's stored artifacts (refused while an app pins one)."""
+    """Remove a model's stored blobs with ``locara rm``'s checks (apps, other processes)."""
+    from locara.store.gc import remove_blob, stored_shas
+
     svc = service(request)
     ref = parse_ref(_reference(body.model, required=True) or "")
-    manifest = Registry(svc.settings).get(ref.id)
+    Registry(svc.settings).get(ref.id)  # an unknown id is a 404 naming near matches
     store = BlobStore(svc.settings)
-    targets = [
-        a.sha256
-        for _, a in manifest.all_artifacts()
-        if a.sha256
-        and store.find(a.sha256) is not None
-        and (ref.sha256 is None or a.sha256 == ref.sha256)
-        and (ref.quant is None or (a.quant or "").lower() == ref.quant.lower())
-    ]
+    targets = await asyncio.to_thread(stored_shas, store, ref)
     if not targets:
         raise UnknownModelError(str(ref), [])
     for sha in targets:
-        holders = store.index.refs(sha)
-        if holders:
-            raise HTTPError(
-                409,
-                f"{ref} is used by {', '.join(holders)}",
-                "uninstall those apps first (locara app uninstall APP)",
-            )
-    for sha in targets:
+        # This server's own idle copy lets go first; one still serving keeps its lease,
+        # and remove_blob then refuses like it refuses any other process's.
         await asyncio.to_thread(svc.pool.unload, None, sha)
-        if any(m.sha256 == sha for m in svc.pool.loaded()):
-            raise UsageError(f"{ref} is busy serving requests", "retry when they finish")
-        await asyncio.to_thread(store.remove, sha)
+        try:
+            await asyncio.to_thread(remove_blob, store, sha)
+        except (PinnedModelError, StoreError) as exc:
+            raise HTTPError(409, f"{ref}: {exc.message}", exc.hint, code="model_in_use") from exc
     return Response(status_code=200)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from locara.errors import PinnedModelError, StoreError
 from locara.procs import pid_alive
+from locara.registry.refs import ModelRef
 from locara.store.blobs import BlobStore
 
 DEFAULT_GC_DAYS = 30.0
@@ -57,6 +58,24 @@ def users_of(store: BlobStore, sha256: str) -> BlobUsers:
     apps = tuple(store.index.pinned_by_apps(sha256))
     trees = tuple(_tree_members(store).get(sha256, []))
     return BlobUsers(sha256, holders, apps, store.in_use(sha256), trees)
+
+
+def stored_shas(store: BlobStore, ref: ModelRef) -> list[str]:
+    """The stored blobs ``ref`` names: the pinned digest, the named quant, else every quant.
+
+    What ``locara rm`` and the server's ``/api/delete`` remove; a planted symlink where a
+    blob belongs counts, so removing it clears it.
+    """
+    if ref.sha256:
+        shas = [ref.sha256]
+    else:
+        shas = [
+            rec.sha256
+            for rec in store.index.blobs()
+            if rec.model_id == ref.id
+            and (ref.quant is None or (rec.quant or "").lower() == ref.quant.lower())
+        ]
+    return [s for s in shas if store.find(s) is not None or store.planted_symlink(s)]
 
 
 def remove_blob(store: BlobStore, sha256: str, force_unpinned: bool = False) -> list[str]:
