@@ -2,15 +2,19 @@
 
 The background server is the same ``locara serve`` process, detached, with its
 output in ``$LOCARA_HOME/logs/server.log``. A state file (``run/server.json``: pid,
-address, start time) is written by the serving process itself and removed when it
-exits, so ``status`` and ``stop`` always talk about a process that really ran.
+address, start time, status key) is written by the serving process itself and removed
+when it exits, so ``status`` and ``stop`` always talk about a process that really ran.
+The status key opens ``/api/status`` (only that route) on a server that requires API
+tokens, so the file is readable by this user only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -45,6 +49,18 @@ def _running(cfg: Settings) -> dict[str, Any] | None:
     return state
 
 
+def _write_state(cfg: Settings, state: dict[str, Any]) -> None:
+    # 0600 from the first byte (it holds the status key), and renamed into place, so a
+    # reader never sees half a file and a link planted at the name is replaced, not followed.
+    path = cfg.server_pid_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+
+
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
@@ -59,7 +75,9 @@ def run_server(cfg: Settings, host: str, port: int) -> None:
     from locara.server.config import ServerConfig
     from locara.server.tokens import TokenStore
 
-    config = ServerConfig.from_env(host, port)
+    config = dataclasses.replace(
+        ServerConfig.from_env(host, port), status_key=secrets.token_urlsafe(32)
+    )
     if not config.loopback and not TokenStore(cfg).records():
         raise UsageError(
             f"refusing to listen on {host} without API tokens: anyone on the network could "
@@ -93,9 +111,9 @@ def run_server(cfg: Settings, host: str, port: int) -> None:
         "address": f"http://{host}:{port}",
         "started_at": time.time(),
         "log": str(cfg.server_log_path),
+        "status_key": config.status_key,
     }
-    cfg.server_pid_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.server_pid_path.write_text(json.dumps(state), encoding="utf-8")
+    _write_state(cfg, state)
     try:
         server.run()
     finally:
@@ -217,12 +235,27 @@ def status(as_json: bool) -> None:
         else:
             click.echo("not running (start it with: locara start)")
         return
+    key = state.pop("status_key", None)
     info: dict[str, Any] = {"running": True, **state, "uptime_s": time.time() - state["started_at"]}
     url = f"http://{_client_host(str(state['host']))}:{state['port']}/api/status"
+    # The server's status key, else the user's own token: a server that requires tokens
+    # answers /api/status to no one else.
+    token = key or os.environ.get("LOCARA_API_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        live = httpx.get(url, timeout=3.0).json()
-        info["requests"] = live.get("requests")
-        info["loaded"] = live.get("loaded", [])
+        r = httpx.get(url, timeout=3.0, headers=headers)
+        body = r.json()
+        if r.status_code == 200:
+            info["requests"] = body.get("requests")
+            info["loaded"] = body.get("loaded", [])
+        elif r.status_code == 401:
+            info["error"] = (
+                "the server requires an API token for its status; "
+                "set LOCARA_API_TOKEN to one (locara token create --app NAME)"
+            )
+        else:
+            hint = f" ({body['hint']})" if body.get("hint") else ""
+            info["error"] = f"the server answered {r.status_code}: {body.get('error')}{hint}"
     except (httpx.HTTPError, ValueError) as exc:
         info["error"] = f"the server did not answer: {exc}"
     if as_json:

@@ -14,8 +14,10 @@ from locara.server.tokens import TokenStore
 def token() -> None:
     """Manage per-app API tokens (sent as `Authorization: Bearer <token>`).
 
-    Once any token exists, the server requires one on every request; a server
-    listening beyond 127.0.0.1 refuses to start without one.
+    Once any token exists, the server requires one on every request but /health; a
+    server listening beyond 127.0.0.1 refuses to start without one. Revoking the last
+    token opens a loopback server to tokenless requests again. A token names its app
+    in the usage ledger; it is not scoped: any valid token can use every route.
     """
 
 
@@ -53,6 +55,18 @@ def list_tokens(as_json: bool) -> None:
 @click.argument("which")
 def revoke(which: str) -> None:
     """Revoke the token with id WHICH, or every token of the app named WHICH."""
-    gone = TokenStore(settings()).revoke(which)
+    store = TokenStore(settings())
+    gone = store.revoke(which)
     for r in gone:
         click.echo(f"revoked {r.id} ({r.app})")
+    left = len(store.records())
+    if left:
+        click.echo(
+            f"{left} token(s) left: the server still requires a token on every request but /health"
+        )
+    else:
+        click.echo(
+            "no tokens left: a loopback server accepts requests without a token again; "
+            "a server bound beyond loopback refuses every request but /health. "
+            "To keep requiring tokens, create one: locara token create --app NAME"
+        )

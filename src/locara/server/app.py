@@ -99,8 +99,14 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        """Liveness: always 200 while the server runs."""
-        return {"status": "ok", "version": __version__}
+        """Liveness: always 200 while the server runs; ``status`` is "degraded" (and
+        ``auth`` says why) while the token file cannot be read and routes answer 503."""
+        try:
+            service.tokens.records()
+        except LocaraError as exc:
+            auth = {"ok": False, "error": exc.message, "hint": exc.hint}
+            return {"status": "degraded", "version": __version__, "auth": auth}
+        return {"status": "ok", "version": __version__, "auth": {"ok": True}}
 
     @app.get("/", include_in_schema=False)
     async def root() -> PlainTextResponse:

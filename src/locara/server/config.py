@@ -48,6 +48,9 @@ class ServerConfig:
     # to bound the cost of a request; beyond it the answer ends with finish "length".
     max_tokens_cap: int | None = None
     allowed_hosts: tuple[str, ...] = ()  # extra Host names accepted on a loopback bind
+    # A random secret that opens /api/status only, written to run/server.json (0600) so
+    # that `locara status`, run by the same user, reads it without an API token.
+    status_key: str | None = None
 
     @property
     def loopback(self) -> bool:

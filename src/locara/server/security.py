@@ -1,23 +1,32 @@
-"""The server's front door: Host check, body size limit and API tokens, before any route.
+"""The server's front door: Host, Origin, API tokens and body size, before any route.
 
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware) so streamed responses and
-client-disconnect messages pass through untouched.
+client-disconnect messages pass through untouched. SECURITY.md has the threat model.
 
 - Host: on a loopback bind only local names are accepted. A web page on another
   origin that rebinds its DNS name to 127.0.0.1 still sends its own name in Host,
   so it is refused (DNS rebinding).
-- Body: at most ``max_body_bytes``, checked against Content-Length and while reading.
+- Origin: every body is read as JSON whatever its content type (Ollama clients send
+  none), so a page on any site could post one with ``text/plain`` and no preflight.
+  A request other than GET/HEAD/OPTIONS that a browser marks as coming from another
+  origin (``Origin``, or ``Sec-Fetch-Site``) is refused unless that origin is in
+  LOCARA_CORS_ORIGINS; same-origin pages (the dashboard at ``/``) and clients that
+  send no Origin (curl, SDKs) pass (CSRF).
 - Tokens: required when the server listens beyond loopback, or once any token has
-  been created; ``Authorization: Bearer <token>``. ``/health`` stays open, and
-  ``/api/status`` (what ``locara status`` reads) is open to this machine only.
+  been created; ``Authorization: Bearer <token>``. Only ``/health`` stays open. The
+  server's own status key (in ``run/server.json``, readable by this user only)
+  opens ``/api/status`` for ``locara status``. An unreadable token file closes
+  every route but ``/health`` with a 503.
+- Body: at most ``max_body_bytes``, checked against Content-Length and while reading.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from locara.errors import AuthError, LocaraError
+from locara.errors import AuthError, LocaraError, StoreError
 from locara.server.config import ServerConfig, is_loopback
 from locara.server.errors import HTTPError, error_bytes, is_ollama_path
 from locara.server.tokens import TokenStore
@@ -29,6 +38,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # they change nothing and generate nothing
 
 
 def _host_name(value: str) -> str:
@@ -44,20 +54,19 @@ class SecurityMiddleware:
         self.config = config
         self.tokens = tokens
         self.allowed = {h.lower() for h in config.allowed_hosts}
+        self.origins = frozenset(config.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
+        method = str(scope.get("method", ""))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             self._check_host(headers)
-            client = (scope.get("client") or ("", 0))[0]
-            if path == "/api/status" and is_loopback(str(client)):
-                app_name = "local"  # `locara status` on this machine
-            else:
-                app_name = self._check_token(path, headers, str(scope.get("method", "")))
+            self._check_origin(method, headers)
+            app_name = self._check_token(path, headers, method)
             receive = await self._bounded_body(headers, receive)
         except LocaraError as exc:
             await _send_error(send, exc, is_ollama_path(path))
@@ -85,19 +94,53 @@ class SecurityMiddleware:
                 code="host_not_allowed",
             )
 
+    def _check_origin(self, method: str, headers: dict[str, str]) -> None:
+        if method in SAFE_METHODS:
+            return
+        origin = headers.get("origin")
+        if origin is not None and (origin.strip() in self.origins or "*" in self.origins):
+            return
+        # Sec-Fetch-Site covers a browser that sends no Origin; "same-site" is another
+        # port or subdomain of the same site, which is still another origin.
+        site = headers.get("sec-fetch-site", "").strip().lower()
+        foreign = site in ("cross-site", "same-site")
+        if origin is not None and not _same_origin(origin, headers.get("host", "")):
+            foreign = True
+        if foreign:
+            raise HTTPError(
+                403,
+                f"cross-origin {method} from {origin or site!r} refused (CSRF protection): "
+                "a web page may not use this server unless its origin is allowed",
+                "call the API from a program (no Origin header) or from the page Locara "
+                "serves, or allow the page's origin in LOCARA_CORS_ORIGINS",
+                code="origin_not_allowed",
+            )
+
     def _check_token(self, path: str, headers: dict[str, str], method: str) -> str:
-        required = not self.config.loopback or bool(self.tokens.records())
-        if not required or path in OPEN_PATHS or (method == "OPTIONS" and self.config.cors_origins):
+        if path in OPEN_PATHS or (method == "OPTIONS" and self.config.cors_origins):
+            return "local"
+        try:
+            required = not self.config.loopback or bool(self.tokens.records())
+        except StoreError as exc:
+            raise _token_store_broken(exc) from exc
+        if not required:
             return "local"
         auth = headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise AuthError(
                 "this server requires an API token",
                 "create one with `locara token create --app NAME` and send "
                 "'Authorization: Bearer <token>'",
             )
-        rec = self.tokens.verify(token.strip())
+        key = self.config.status_key
+        if path == "/api/status" and key and hmac.compare_digest(token.encode(), key.encode()):
+            return "local"  # `locara status`, which read the key from run/server.json
+        try:
+            rec = self.tokens.verify(token)
+        except StoreError as exc:
+            raise _token_store_broken(exc) from exc
         if rec is None:
             raise AuthError("invalid or revoked API token", "list tokens with: locara token list")
         return rec.app
@@ -141,6 +184,24 @@ class SecurityMiddleware:
             return await receive()
 
         return replay
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    # A browser sends Origin as scheme://host[:port] and Host as host[:port], both
+    # without a default port, so a page served by this server has equal halves.
+    scheme, sep, netloc = origin.strip().lower().partition("://")
+    return bool(sep) and scheme in ("http", "https") and netloc == host.strip().lower() != ""
+
+
+def _token_store_broken(exc: StoreError) -> HTTPError:
+    # Fail closed: without the token file nobody can tell which tokens are valid, or
+    # whether tokens are required at all.
+    return HTTPError(
+        503,
+        f"{exc.message}; every route but /health is refused until it is fixed",
+        exc.hint,
+        code="token_store_unreadable",
+    )
 
 
 def _too_large(size: int, limit: int) -> HTTPError:

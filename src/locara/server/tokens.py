@@ -35,6 +35,27 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _parse(text: str) -> list[TokenRecord]:
+    # Every field is checked here, so that a hand-edited file fails in one place with
+    # the file's name rather than deep in a request as a TypeError.
+    data = json.loads(text)
+    tokens = data.get("tokens", []) if isinstance(data, dict) else None
+    if not isinstance(tokens, list):
+        raise ValueError('expected {"tokens": [...]}')
+    recs = []
+    for entry in tokens:
+        if not isinstance(entry, dict):
+            raise ValueError(f"token entry {entry!r} is not an object")
+        rec = TokenRecord(**entry)  # TypeError for a missing or unknown field
+        strings = (rec.id, rec.app, rec.sha256)
+        if not all(isinstance(v, str) for v in strings) or not isinstance(
+            rec.created_at, int | float
+        ):
+            raise ValueError(f"token entry {rec.id!r} has a field of the wrong type")
+        recs.append(rec)
+    return recs
+
+
 class TokenStore:
     """The token file; re-read when it changes, so a revocation takes effect at once."""
 
@@ -51,8 +72,7 @@ class TokenStore:
         if self._cache[0] == sig:
             return self._cache[1]
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            recs = [TokenRecord(**r) for r in data.get("tokens", [])]
+            recs = _parse(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError, TypeError) as exc:
             raise StoreError(
                 f"cannot read the token file {self.path}: {exc}",
