@@ -1,8 +1,9 @@
 """The OpenAPI document, with the error status codes the server really sends.
 
 FastAPI declares 422 for validation errors, but Locara answers them (and every other
-error) with 400 and an OpenAI- or Ollama-style body, and its front door can answer
-401, 403, 413 or 503 before any route runs. The test suite checks every answer
+malformed request) with 400 and an OpenAI- or Ollama-style body, and its front door can
+answer 401, 403, 413 or 503 before any route runs. (422 remains only where it is sent:
+a model's chat template that fails to render.) The test suite checks every answer
 against this document (schemathesis, status-code conformance), so a route that
 starts sending a new code must be declared here.
 """
@@ -48,7 +49,14 @@ MODEL_PATHS = frozenset(
         "/api/delete",
     }
 )
-EXTRA = {("delete", "/api/delete"): {"409": "An installed app uses this model"}}
+# A model whose chat template fails to render the messages (not the client's fault).
+TEMPLATE = {"422": "The model's chat template cannot render these messages"}
+EXTRA = {
+    ("post", "/v1/chat/completions"): TEMPLATE,
+    ("post", "/api/chat"): TEMPLATE,
+    ("post", "/api/generate"): TEMPLATE,
+    ("delete", "/api/delete"): {"409": "An installed app uses this model"},
+}
 
 OPENAI_ERROR: dict[str, Any] = {
     "type": "object",
