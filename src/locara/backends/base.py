@@ -8,7 +8,7 @@ reason and the usage. Heavy imports (llama_cpp, mlx) happen inside ``load()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -38,6 +38,17 @@ class Sampling:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     seed: int | None = None
+
+    @classmethod
+    def of(cls, defaults: Mapping[str, Any] | None = None, **given: Any) -> Sampling:
+        """A model's defaults (its manifest's ``default_params``), then what the caller set.
+
+        The one mapping from options to sampling for every surface: keys that are not
+        sampling fields are ignored in the defaults, None means "not set"; validated.
+        """
+        fields = {k: v for k, v in (defaults or {}).items() if k in cls.__dataclass_fields__}
+        fields.update({k: v for k, v in given.items() if v is not None})
+        return cls(**fields).validate()
 
     def validate(self) -> Sampling:
         def bad(name: str, value: object, rule: str) -> UsageError:

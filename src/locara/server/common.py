@@ -71,18 +71,12 @@ def _parse_duration(value: float | int | str | None) -> float | None:
 
 def sampling_from(manifest: ModelManifest, **given: Any) -> Sampling:
     """The manifest's defaults, then what the request set; validated."""
-    fields: dict[str, Any] = {
-        k: v
-        for k, v in manifest.config.default_params.items()
-        if k in Sampling.__dataclass_fields__
-    }
-    fields.update({k: v for k, v in given.items() if v is not None})
-    return Sampling(**fields).validate()
+    return Sampling.of(manifest.config.default_params, **given)
 
 
 def check_sampling(**given: Any) -> None:
     """Reject bad sampling values before spending time loading a model."""
-    Sampling(**{k: v for k, v in given.items() if v is not None}).validate()
+    Sampling.of(None, **given)
 
 
 def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:

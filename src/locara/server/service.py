@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from fastapi import Request
 
 from locara.backends.base import Chunk, GenerationRequest
+from locara.engine.accounting import generation_record
 from locara.engine.pool import Lease, ModelPool
 from locara.engine.runner import RunResult, ThreadedRun, in_thread
 from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
@@ -140,40 +141,30 @@ class Service:
 
     # -- accounting ------------------------------------------------------------------
     def _account_generation(self, lease: Lease, caller: Caller, result: RunResult[Chunk]) -> None:
-        res = lease.handle.resolved
-        last = result.last
-        usage = last.usage if last is not None else None
-        timings = last.timings if last is not None else None
-        n_in = usage.prompt_tokens if usage else (last.prompt_tokens if last else 0)
-        n_out = usage.completion_tokens if usage else (last.completion_tokens if last else 0)
-        tg = timings.rates(usage)[1] if timings and usage else None
-        ttft = timings.ttft_s if timings else None
         status = result.outcome
         error = None
         if result.error is not None and status == "error":
             error = getattr(result.error, "message", None) or repr(result.error)
-        self.metrics.observe(
-            caller.surface,
-            res.manifest.id,
-            status,
-            n_in,
-            n_out,
-            usage.cached_tokens if usage else 0,
-            ttft,
-        )
-        self._record(
-            caller,
-            res.manifest.id,
-            res.blob.sha256,
-            lease.handle.backend,
-            prompt_tokens=n_in,
-            completion_tokens=n_out,
-            ttft_s=ttft,
-            generation_tps=tg,
-            load_s=lease.load_s,
+        rec = generation_record(
+            lease.handle,
+            app=caller.app,
+            surface=caller.surface,
+            last=result.last,
             status=status,
             error=error,
+            load_s=lease.load_s,
         )
+        usage = result.last.usage if result.last is not None else None
+        self.metrics.observe(
+            caller.surface,
+            rec.model_id,
+            status,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            usage.cached_tokens if usage else 0,
+            rec.ttft_s,
+        )
+        record_usage(self.settings, rec)
 
     def _account_simple(
         self,

@@ -1,0 +1,43 @@
+"""One usage record per request, built the same way for the CLI and the server."""
+
+from __future__ import annotations
+
+from locara.backends.base import Chunk
+from locara.engine.loader import ModelHandle
+from locara.ledger import Status, UsageRecord
+
+
+def generation_record(
+    handle: ModelHandle,
+    *,
+    app: str,
+    surface: str,
+    last: Chunk | None,
+    status: Status,
+    error: str | None = None,
+    load_s: float | None = None,
+) -> UsageRecord:
+    """The ledger row for one generation, from the last chunk it produced (if any).
+
+    ``load_s`` is the time this request spent loading the model (the server passes 0
+    when the model was already loaded); by default the handle's own load time.
+    """
+    res = handle.resolved
+    usage = last.usage if last is not None else None
+    timings = last.timings if last is not None else None
+    return UsageRecord(
+        model_id=res.manifest.id,
+        sha256=res.blob.sha256,
+        backend=handle.backend,
+        app=app,
+        surface=surface,
+        prompt_tokens=usage.prompt_tokens if usage else (last.prompt_tokens if last else 0),
+        completion_tokens=(
+            usage.completion_tokens if usage else (last.completion_tokens if last else 0)
+        ),
+        ttft_s=timings.ttft_s if timings else None,
+        generation_tps=timings.rates(usage)[1] if timings and usage else None,
+        load_s=handle.load_s if load_s is None else load_s,
+        status=status,
+        error=error,
+    )
