@@ -1,4 +1,8 @@
-"""Backend names and the default routing rule (Apple Silicon + MLX artifact → MLX)."""
+"""Backend names and the default routing rule (Apple Silicon + MLX artifact → MLX).
+
+The rule lives in the planner (``locara.planner.routing``), the only place the runtime
+asks; the devices here are synthetic profiles.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from locara.backends.registry import (
     canonical_name,
     get_backend,
     manifest_key,
-    preferred_backend,
 )
+from locara.device.profile import DeviceProfile
 from locara.errors import UsageError
+from locara.planner.routing import default_backend
 from locara.registry.catalog import Registry
 from locara.registry.manifest import ModelManifest
 from locara.settings import Settings
@@ -55,13 +60,16 @@ def test_default_routing_rule(
     system: str, machine: str, with_mlx: bool, needs: tuple[str, ...], expected: str
 ) -> None:
     m = _manifest(with_mlx)
-    got = preferred_backend(m, needs, system=system, machine=machine, mlx_ok=True)
-    assert got == expected
+    assert default_backend(m, _device(system, machine, mlx=True), needs) == expected
 
 
 def test_apple_silicon_without_mlx_installed_falls_back() -> None:
     m = _manifest(True)
-    assert preferred_backend(m, system="Darwin", machine="arm64", mlx_ok=False) == "llama_cpp"
+    assert default_backend(m, _device("Darwin", "arm64", mlx=False)) == "llama_cpp"
+
+
+def _device(system: str, machine: str, mlx: bool) -> DeviceProfile:
+    return DeviceProfile(system, "1", machine, 16 * 2**30, 12 * 2**30, mlx_installed=mlx)
 
 
 def test_names_and_aliases() -> None:

@@ -29,7 +29,8 @@ def test_plan_default_model_on_this_machine(cli: object) -> None:
         mem[k]
         for k in ("weights_bytes", "repack_bytes", "kv_bytes", "compute_bytes", "overhead_bytes")
     )
-    assert mem["kv_bytes"] == 2048 * 30 * 3 * 128 * 2
+    # Every parallel slot holds a 2048-token KV cache.
+    assert mem["kv_bytes"] == plan["n_parallel"] * 2048 * 30 * 3 * 128 * 2
     assert plan["rejected"] and all(r["reason"] for r in plan["rejected"])
     text = cli("plan", DEFAULT_MODEL)  # type: ignore[operator]
     assert text.returncode == 0, text.stderr

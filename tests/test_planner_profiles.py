@@ -198,10 +198,11 @@ EXPECTED: list[tuple[str, str, tuple[str, str, int, str, object, int] | None]] =
     ("workstation-64gb-rtx4090", "qwen2.5-7b-instruct", ("llama_cpp", "Q5_K_M", 4096, "f16", "all", 16)),
     ("workstation-64gb-rtx4090", "qwen2.5-14b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 16)),
     ("workstation-64gb-rtx4090", "llama-3.1-70b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "some", 16)),
-    # 4 GB Linux, no GPU: only the small model; the 7B does not fit at any context.
-    ("linux-4gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", 0, 4)),
+    # 4 GB Linux, no GPU: only the small model; the 7B does not fit at any context. Four
+    # cores: one stays free for the OS and the server.
+    ("linux-4gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", 0, 3)),
     ("linux-4gb", "qwen2.5-7b-instruct", None),
-    ("linux-4gb", "nomic-embed-text-v1.5", ("llama_cpp", "Q8_0", 2048, "f16", 0, 4)),
+    ("linux-4gb", "nomic-embed-text-v1.5", ("llama_cpp", "Q8_0", 2048, "f16", 0, 3)),
     # On battery at 10%: smallest quant, default context 2048, half the threads.
     ("laptop-16gb-battery-10", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 2048, "f16", 0, 2)),
     ("laptop-16gb-battery-10", "qwen2.5-7b-instruct", ("llama_cpp", "Q4_K_M", 2048, "f16", 0, 2)),
@@ -318,8 +319,11 @@ def test_features_route_backends(manifests: dict[str, ModelManifest]) -> None:
     plan = plan_model(m, PROFILES["mac-16gb"], PlanRequest(features=frozenset({"json_schema"})))
     assert plan.ok and plan.backend == "llama_cpp"
     assert any("json_schema" in r.reason for r in plan.rejected if r.backend == "mlx")
+    # llama.cpp embeds with any model (the server allows it), so a chat model is a warning.
     plan = plan_model(m, PROFILES["mac-16gb"], PlanRequest(features=frozenset({"embeddings"})))
-    assert not plan.ok and any("not an embedding model" in r for r in plan.reasons)
+    assert plan.ok and plan.backend == "llama_cpp" and plan.embedding and plan.n_parallel == 1
+    assert any("not trained sentence embeddings" in w for w in plan.warnings)
+    assert any("embeddings run on llama.cpp only" in r.reason for r in plan.rejected)
 
 
 def test_mlx_not_installed_falls_back_to_llama_cpp(manifests: dict[str, ModelManifest]) -> None:
@@ -434,8 +438,9 @@ def test_plan_uses_the_real_gguf_when_stored(shared_home: Path) -> None:
     plan = plan_model(manifest, detect_profile(cfg), PlanRequest(n_ctx=2048), gguf_path_of=paths)
     assert plan.ok and plan.exact_shape and plan.quant == "Q4_1"
     assert plan.estimate is not None
-    # 30 layers x 3 KV heads x (64 + 64) x 2 bytes x 2048 tokens, from the GGUF header.
-    assert plan.estimate.kv_bytes == 2048 * 30 * 3 * 128 * 2
+    # 30 layers x 3 KV heads x (64 + 64) x 2 bytes x 2048 tokens per slot, from the header.
+    assert plan.n_parallel > 1  # a chat model on the CPU serves several requests at once
+    assert plan.estimate.kv_bytes == plan.n_parallel * 2048 * 30 * 3 * 128 * 2
 
 
 def test_offline_device_only_plans_what_it_has(manifests: dict[str, ModelManifest]) -> None:

@@ -1,22 +1,18 @@
 """Backends by name: ``llama_cpp`` and ``mlx``, looked up without importing their engines.
 
-``get_backend(name)`` is what the loader, the CLI's ``--backend`` option and the
-planner call. An unknown name lists the known ones; a known backend whose engine is
-not installed raises ``BackendUnavailableError`` with the install command.
+``get_backend(name)`` is what the loader and the CLI's ``--backend`` option call;
+which backend runs a model is the planner's decision (``locara.planner.routing``).
+An unknown name lists the known ones; a known backend whose engine is not installed
+raises ``BackendUnavailableError`` with the install command.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import platform
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from locara.backends.base import Availability, Backend
 from locara.errors import BackendUnavailableError, UsageError
-
-if TYPE_CHECKING:
-    from locara.registry.manifest import ModelManifest
 
 # name -> (module, class, how to install it). Modules import their engines lazily.
 _BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -71,32 +67,17 @@ def available_backends() -> list[str]:
     return [n for n in BACKEND_NAMES if _instance(n).available().ok]
 
 
-# Request features only llama.cpp serves; MLX refuses them (UnsupportedFeatureError).
-LLAMA_CPP_ONLY_FEATURES = frozenset({"json_schema", "embeddings", "logprobs", "grammar", "lora"})
+@functools.cache
+def llama_cpp_gpu_offload() -> bool:
+    """Whether the installed llama.cpp build can put layers on a GPU; never raises.
 
-
-def preferred_backend(
-    manifest: ModelManifest,
-    needs: Iterable[str] = (),
-    *,
-    system: str | None = None,
-    machine: str | None = None,
-    mlx_ok: bool | None = None,
-) -> str:
-    """The default rule of SPEC §4, before benchmarks refine it.
-
-    Apple Silicon (Darwin/arm64) + an MLX artifact in the manifest + MLX installed →
-    ``"mlx"``, unless the request needs a feature only llama.cpp has (JSON schema,
-    embeddings, logprobs, LoRA); everything else → ``"llama_cpp"``. On Linux MLX is
-    used only when asked for (``--backend mlx``) or when measured benchmarks say so,
-    which is the planner's call on top of this.
+    llama.cpp says so itself: ``llama_supports_gpu_offload()`` is true for a Metal,
+    CUDA, ROCm or Vulkan build and false for a CPU-only one. The planner hears it from
+    the loader, so a GPU plan on a CPU-only build falls back to the CPU and says so.
+    Asked once per process: the build does not change while it runs.
     """
-    system = system or platform.system()
-    machine = machine or platform.machine()
-    if system != "Darwin" or machine not in ("arm64", "aarch64"):
-        return "llama_cpp"
-    if not manifest.artifact_list("mlx") or LLAMA_CPP_ONLY_FEATURES.intersection(needs):
-        return "llama_cpp"
-    if mlx_ok is None:
-        mlx_ok = availability("mlx").ok
-    return "mlx" if mlx_ok else "llama_cpp"
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return bool(llama_cpp.llama_supports_gpu_offload())

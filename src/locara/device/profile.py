@@ -5,7 +5,9 @@ cannot read something leaves the field ``None`` and records why in ``unknown``
 (field name -> reason), so ``locara device`` can say "GPU: unknown (nvidia-smi
 failed: ...)" instead of crashing or guessing. The profile is a frozen value with a
 JSON round trip (``to_json`` / ``DeviceProfile.from_json``): tests and ``locara plan
---profile FILE`` use synthetic profiles of other machines.
+--profile FILE`` use synthetic profiles of other machines. ``current_device(settings)``
+is the profile every load plans for: this machine's, or the file that
+``LOCARA_DEVICE_PROFILE`` names (to run as if on another machine, e.g. in tests).
 
 Memory: ``ram_total_bytes`` and ``ram_available_bytes`` are what Locara may use, i.e.
 the physical numbers capped by the cgroup limit (``memory.max`` in cgroup v2,
@@ -21,7 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from importlib.util import find_spec
 from pathlib import Path
@@ -33,6 +35,7 @@ from locara.errors import DeviceProfileError
 from locara.settings import Settings
 
 PROFILE_SCHEMA = 1
+PROFILE_ENV = "LOCARA_DEVICE_PROFILE"
 
 # CPU features that matter for which llama.cpp kernels run; the rest of /proc/cpuinfo is noise.
 _INTERESTING_FLAGS = (
@@ -186,6 +189,20 @@ def load_profile(path: Path) -> DeviceProfile:
     except (OSError, UnicodeDecodeError) as exc:
         raise DeviceProfileError(f"cannot read device profile {path}: {exc}") from exc
     return DeviceProfile.from_json(text, str(path))
+
+
+def current_device(settings: Settings, env: Mapping[str, str] | None = None) -> DeviceProfile:
+    """The device every plan of this process is made for.
+
+    ``LOCARA_DEVICE_PROFILE=FILE`` (read now, not at import) names a DeviceProfile.json
+    to plan for instead of this machine: a saved profile, or a synthetic one in tests.
+    A file that cannot be read is a DeviceProfileError, never a silent fallback.
+    """
+    env = os.environ if env is None else env
+    path = env.get(PROFILE_ENV, "").strip()
+    if path:
+        return load_profile(Path(path).expanduser())
+    return detect_profile(settings)
 
 
 # -- detection ---------------------------------------------------------------------------

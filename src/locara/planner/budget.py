@@ -87,6 +87,29 @@ def low_battery(device: DeviceProfile) -> bool:
     )
 
 
+def decoding_threads(device: DeviceProfile) -> tuple[int, str]:
+    """Threads for llama.cpp's decoding on ``device``, and why that many.
+
+    One per performance core (hyperthreads and efficiency cores only add contention),
+    half of them on battery below 20%. llama.cpp's threads spin while they wait, so on a
+    machine with four cores or fewer one core stays free for the OS, the HTTP server and
+    its clients (FACTS.md: busy-waiting threads).
+    """
+    perf = device.cores_performance or device.cores_logical or 1
+    logical = device.cores_logical or perf
+    if low_battery(device):
+        n = max(1, perf // 2)
+        return n, f"{_threads(n)}: half of {perf} performance cores, on battery below 20%"
+    if logical <= 4 and perf > 1:
+        n = perf - 1
+        return n, f"{_threads(n)}: {logical} cores, one left free for the OS and the server"
+    return perf, f"{_threads(perf)}: one per performance core"
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def bandwidth_gbps(device: DeviceProfile, on_gpu: bool) -> float:
     if on_gpu:
         gpu = device.discrete_gpu

@@ -1,15 +1,22 @@
-"""The planner: backend, artifact/quant, context, KV type, threads and GPU offload for a device.
+"""The planner: backend, artifact/quant, context, KV type, offload, threads, batch and slots.
 
 ``plan_model(manifest, device, request)`` never raises for a model that does not fit:
 it returns a ``Plan`` with ``ok=False``, the reasons, and the nearest alternatives
 (smaller quant, shorter context). Every artifact it considered and did not pick is
 listed in ``rejected`` with the reason, which is what ``locara plan`` prints.
 
+Every load runs exactly what the plan says (``locara.engine.loader`` hands the plan's
+values to the backend as its ``LoadOptions``). An explicit option (``--ctx``,
+``--backend``, ``--gpu-layers``, ``num_ctx``, a memory budget …) arrives in the
+``PlanRequest`` and replaces the rule below *here*, and ``Plan.overrides`` says so,
+so the explanation always matches what runs.
+
 The rules, in order:
 
 1. Backend (reference/000): Apple Silicon + an MLX artifact + MLX installed → MLX,
-   else llama.cpp. Then benchmark results measured on this device override the rule
-   when the other backend generated more than 10% faster.
+   unless the request needs a feature only llama.cpp has; else llama.cpp. Benchmark
+   results measured on this device override the rule when the other backend generated
+   more than 10% faster.
 2. Quant (reference/003): the device's memory class sets a ceiling — 8 GB → Q4_K_M,
    16 GB → Q5_K_M, 32 GB → Q6_K, 64 GB → Q8_0, 96 GB+ → F16 — and the planner takes the
    best quant at or under the ceiling that fits, else the smallest above it that fits.
@@ -17,15 +24,23 @@ The rules, in order:
    A quant that ``locara bench`` measured below 5 tok/s here gives way to one that
    fits and measured faster.
    Offline, an artifact that is neither stored nor on this machine is rejected.
-3. Context: the request (default 4096), clamped to the model's trained context with a
-   warning; if it does not fit, quantized KV (q8_0, then q4_0, with flash attention)
+3. Context: the request, else the model's default (``num_ctx`` in its manifest), else
+   the caller's default (4096); never over the trained context (clamped, with a
+   warning). If it does not fit: quantized KV (q8_0, then q4_0, with flash attention)
    before a shorter context, halving down to 512.
 4. Offload: Metal (unified memory) offloads every layer; a discrete GPU takes as many
    layers as its memory holds (all when the whole model fits), the rest stays in RAM.
-5. Threads: performance cores (half of them on battery below 20%).
+   A llama.cpp build without a GPU backend runs every layer on the CPU, and says so.
+5. Threads: one per performance core, half of them on battery below 20%, and one core
+   left free on a machine with four cores or fewer.
+6. Batch: 512 tokens; an embedding load evaluates an input in one batch, so its batch
+   is its context.
+7. Parallel slots (llama.cpp generation on the CPU): 4 when the KV cache of four
+   contexts fits the budget too, else 2, else 1; embeddings, MLX and GPU plans use 1.
 
-Benchmark results (their record shape is documented in ``locara.planner.results``)
-refine rules 1 and 2 when ``locara bench`` has measured this device.
+Memory admission is this module's rule alone: a plan fits when its ``ram_bytes`` fit
+the RAM budget (``budget.ram_budget``, or the operator's budget); the server's pool
+counts the same ``ram_bytes`` of everything it keeps loaded against the same budget.
 """
 
 from __future__ import annotations
@@ -35,21 +50,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from locara.device.fit import (
-    FitEstimate,
-    ModelShape,
-    approximate_shape,
-    cpu_repack_types,
-    estimate_shape,
-)
+from locara.device.fit import FitEstimate, ModelShape
 from locara.device.profile import DeviceProfile
-from locara.errors import LocaraError
+from locara.errors import UsageError
 from locara.planner.budget import (
     QUANT_ORDER,
     USABLE_TPS,
-    GiB,
     bandwidth_gbps,
     bits_per_weight,
+    decoding_threads,
     expected_tg_tps,
     gpu_budget,
     low_battery,
@@ -57,13 +66,24 @@ from locara.planner.budget import (
     quant_rank,
     ram_budget,
 )
+from locara.planner.placement import (
+    Fitted,
+    Room,
+    gb,
+    longest_context,
+    offload_notes,
+    parallel_slots,
+)
 from locara.planner.results import BenchResult, best_measured
 from locara.planner.results import read_bench_results as read_bench_results  # re-export
+from locara.planner.routing import artifacts_for, route
+from locara.planner.shapes import has_local_source, shape_for
+from locara.planner.shapes import local_gguf_paths as local_gguf_paths  # re-export
 from locara.registry.manifest import Artifact, ModelManifest
-from locara.settings import Settings
 
 DEFAULT_CTX = 4096
-MIN_CTX = 512
+DEFAULT_BATCH = 512
+MIN_EXPLICIT_CTX = 16  # the smallest context a caller may ask for explicitly
 KV_TYPES = ("f16", "q8_0", "q4_0")
 # Manifest backend keys -> backend names (the registry says "llamacpp").
 BACKEND_OF = {"llamacpp": "llama_cpp", "mlx": "mlx"}
@@ -71,12 +91,24 @@ BACKEND_OF = {"llamacpp": "llama_cpp", "mlx": "mlx"}
 
 @dataclass(frozen=True)
 class PlanRequest:
-    """What the caller needs: a context length and features (embeddings, json_schema, …)."""
+    """What the caller needs, and the options it set explicitly (None: the plan decides)."""
 
-    n_ctx: int | None = None
-    features: frozenset[str] = frozenset()
+    n_ctx: int | None = None  # tokens per slot (--ctx, num_ctx)
+    features: frozenset[str] = frozenset()  # embeddings, json_schema, …
     backend: str | None = None  # force "llama_cpp" or "mlx"
     quant: str | None = None  # force one quant
+    sha256: str | None = None  # one artifact: pinned, or the one a load selected
+    n_gpu_layers: int | None = None  # -1: all
+    kv_type: str | None = None
+    n_threads: int | None = None
+    n_batch: int | None = None
+    n_parallel: int | None = None
+    default_ctx: int | None = None  # the caller's default context (a server's LOCARA_CTX)
+    memory_budget_bytes: int | None = None  # the operator's RAM budget (LOCARA_MEMORY_BUDGET)
+
+    @property
+    def embedding(self) -> bool:
+        return "embeddings" in self.features
 
 
 @dataclass(frozen=True)
@@ -96,13 +128,19 @@ class Plan:
     ok: bool
     backend: str | None = None
     artifact: Artifact | None = None
-    n_ctx: int | None = None
+    n_ctx: int | None = None  # tokens per slot
     requested_ctx: int | None = None
     kv_type: str = "f16"
     flash_attn: bool = False
     n_threads: int | None = None
     n_gpu_layers: int = 0
-    estimate: FitEstimate | None = None
+    n_layers: int | None = None  # layers llama.cpp can offload (blocks + output)
+    n_batch: int = DEFAULT_BATCH
+    n_parallel: int = 1
+    embedding: bool = False
+    estimate: FitEstimate | None = None  # every slot's KV included
+    ram_bytes: int = 0  # what counts against the RAM budget
+    gpu_bytes: int = 0  # what sits in GPU memory
     budget_bytes: int = 0
     gpu_budget_bytes: int | None = None
     exact_shape: bool = False
@@ -110,6 +148,7 @@ class Plan:
     tps_source: str | None = None
     reasons: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()  # explicit options that replaced the plan's own choice
     rejected: tuple[Rejected, ...] = ()
     alternatives: tuple[str, ...] = ()
 
@@ -139,7 +178,13 @@ class Plan:
             "flash_attn": self.flash_attn,
             "n_threads": self.n_threads,
             "n_gpu_layers": self.n_gpu_layers,
+            "n_layers": self.n_layers,
+            "n_batch": self.n_batch,
+            "n_parallel": self.n_parallel,
+            "embedding": self.embedding,
             "memory": self.estimate.to_dict() if self.estimate else None,
+            "ram_bytes": self.ram_bytes,
+            "gpu_bytes": self.gpu_bytes,
             "budget_bytes": self.budget_bytes,
             "gpu_budget_bytes": self.gpu_budget_bytes,
             "estimate_from": "gguf header" if self.exact_shape else "manifest size (approximate)",
@@ -147,9 +192,46 @@ class Plan:
             "tps_source": self.tps_source,
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
+            "overrides": list(self.overrides),
             "rejected": [asdict(r) for r in self.rejected],
             "alternatives": list(self.alternatives),
         }
+
+
+def check_request(manifest: ModelManifest, request: PlanRequest) -> None:
+    """Refuse explicit options no plan can honour, with the range that is accepted.
+
+    ``plan_model`` clamps a context beyond the trained one (``locara plan`` shows what
+    would happen); a load refuses it instead, so a typo never silently runs something else.
+    """
+    trained = manifest.context_length
+    n = request.n_ctx
+    if n is not None and n > trained:
+        raise UsageError(
+            f"context {n} is larger than {manifest.id}'s trained context {trained}",
+            f"pass a context of {trained} tokens or less (--ctx, or num_ctx in a request)",
+        )
+    if n is not None and n < MIN_EXPLICIT_CTX:
+        raise UsageError(
+            f"invalid context {n}: a context must be {MIN_EXPLICIT_CTX}..{trained} tokens",
+            f"pass a context between {MIN_EXPLICIT_CTX} and {trained} (--ctx, or num_ctx)",
+        )
+    for name, value in (
+        ("threads", request.n_threads),
+        ("batch", request.n_batch),
+        ("parallel slots", request.n_parallel),
+    ):
+        if value is not None and value < 1:
+            raise UsageError(f"invalid {name} {value}: must be 1 or more", f"pass 1 or more {name}")
+    if request.n_gpu_layers is not None and request.n_gpu_layers < -1:
+        raise UsageError(
+            f"invalid GPU layers {request.n_gpu_layers}",
+            "pass 0 (CPU only), a number of layers, or -1 for all of them",
+        )
+    if request.kv_type is not None and request.kv_type not in KV_TYPES:
+        raise UsageError(
+            f"unknown KV cache type {request.kv_type!r}", f"use one of: {', '.join(KV_TYPES)}"
+        )
 
 
 # -- the planner --------------------------------------------------------------------------
@@ -161,88 +243,49 @@ class _Attempt:
     artifact: Artifact
     shape: ModelShape
     exact: bool
-    n_ctx: int
-    kv_type: str
-    estimate: FitEstimate
-    n_gpu_layers: int
-    ok: bool
+    fitted: Fitted
     why_not: str = ""
-    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.fitted.ok
+
+    @property
+    def estimate(self) -> FitEstimate:
+        return self.fitted.placement.estimate
 
 
-def _shape_for(
-    art: Artifact, manifest: ModelManifest, gguf_path: Path | None
-) -> tuple[ModelShape | None, bool, str]:
-    if gguf_path is not None and art.format == "gguf":
-        from locara.device.gguf_meta import read_gguf
+@dataclass
+class _Planning:
+    """Everything one ``plan_model`` call decides with, and the notes it collects."""
 
-        try:
-            return ModelShape.from_gguf(read_gguf(gguf_path)), True, ""
-        except LocaraError as exc:
-            return None, False, exc.message
-    size = (
-        art.size_bytes
-        or (sum(f.size_bytes for f in art.files) if art.files else None)
-        or manifest.size_bytes
-    )
-    if size is None:
-        return None, False, "no size known for this artifact (manifest lacks size_bytes)"
-    return approximate_shape(size, art.quant, manifest.context_length), False, ""
-
-
-def _fit(
-    device: DeviceProfile,
-    backend: str,
-    shape: ModelShape,
-    n_ctx: int,
-    kv_type: str,
-) -> tuple[bool, FitEstimate, int, str]:
-    """Does this (shape, context, KV type) fit? Returns (ok, estimate, gpu layers, reason)."""
-    est = estimate_shape(shape, n_ctx, kv_type, backend)  # every layer on a GPU: no repack
-    ram = ram_budget(device)
-    cpu_est = estimate_shape(
-        shape,
-        n_ctx,
-        kv_type,
-        backend,
-        repack_types=cpu_repack_types(device.arch, device.cpu_features),
-    )
-    if device.is_apple_silicon and device.unified_memory:
-        # llama.cpp on Metal: every layer plus the output layer; MLX has no layer split.
-        layers = shape.n_layers + 1 if backend == "llama_cpp" else 0
-        if est.total_bytes <= ram:
-            return True, est, layers, ""
-        return False, est, 0, f"needs {_gb(est.total_bytes)}, Metal budget {_gb(ram)}"
-    vram = gpu_budget(device)
-    if vram is not None and backend == "llama_cpp":
-        gpu_need = est.weights_bytes + est.kv_bytes + est.compute_bytes
-        host_need = est.overhead_bytes
-        if gpu_need <= vram and host_need <= ram:
-            return True, est, shape.n_layers + 1, ""
-        # Partial offload: whole layers (weights + their KV) go to the GPU until it is full.
-        per_layer = (est.weights_bytes + est.kv_bytes) / (shape.n_layers + 1)
-        layers = max(0, int((vram - est.compute_bytes) // per_layer))
-        layers = min(layers, shape.n_layers)
-        # Layers left on the CPU are repacked there (a second copy of their weights).
-        cpu_share = 1 - layers / (shape.n_layers + 1)
-        est = replace(est, repack_bytes=int(cpu_est.repack_bytes * cpu_share))
-        host = est.total_bytes - int(layers * per_layer)
-        if host <= ram:
-            return True, est, layers, ""
-        return (
-            False,
-            est,
-            0,
-            f"needs {_gb(est.total_bytes)}: {layers} layers fit the GPU's {_gb(vram)}, "
-            f"the other {_gb(host)} exceed the RAM budget {_gb(ram)}",
-        )
-    if cpu_est.total_bytes <= ram:
-        return True, cpu_est, 0, ""
-    return False, cpu_est, 0, f"needs {_gb(cpu_est.total_bytes)}, RAM budget {_gb(ram)}"
+    manifest: ModelManifest
+    device: DeviceProfile
+    request: PlanRequest
+    results: list[BenchResult]
+    room: Room
+    battery_low: bool
+    want: int
+    want_source: str
+    ceiling: int
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
-def _gb(n: int | float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:.0f} MiB"
+def _wanted_context(manifest: ModelManifest, request: PlanRequest) -> tuple[int, str]:
+    """Context before fitting: the request, else the model's default, else the caller's."""
+    trained = manifest.context_length
+    if request.n_ctx is not None:
+        return request.n_ctx, "asked for"
+    model_default = manifest.config.default_params.get("num_ctx")
+    if isinstance(model_default, int) and model_default > 0:
+        return min(model_default, trained), "the model's default (num_ctx in its manifest)"
+    default = request.default_ctx or DEFAULT_CTX
+    if default > trained:
+        return trained, f"the model's trained context (the default {default} is larger)"
+    return default, "the default context"
 
 
 def plan_model(
@@ -252,22 +295,20 @@ def plan_model(
     *,
     bench_results: Iterable[BenchResult] = (),
     gguf_path_of: Mapping[str, Path] | None = None,
+    gpu_offload: bool = True,
 ) -> Plan:
     """Choose how to run ``manifest`` on ``device``. Never raises for "does not fit".
 
     ``gguf_path_of`` maps an artifact's sha256 to its GGUF on disk (the store), so the
     estimate uses the real header; other artifacts are estimated from their size.
+    ``gpu_offload`` says whether the llama.cpp build that will run the plan can use a
+    GPU (``llama_supports_gpu_offload()``); planning for another machine assumes it can.
     """
     request = request or PlanRequest()
-    results = list(bench_results)
     paths = gguf_path_of or {}
-    warnings: list[str] = []
-    reasons: list[str] = []
-    rejected: list[Rejected] = []
 
-    # 1. Context: requested, clamped to the trained context.
-    trained = manifest.context_length
     requested = request.n_ctx
+    trained = manifest.context_length
     if requested is not None and requested <= 0:
         return Plan(
             manifest.id,
@@ -276,59 +317,56 @@ def plan_model(
             reasons=(f"invalid context {requested}: it must be a positive number of tokens",),
             alternatives=(f"locara plan {manifest.id} --ctx {min(DEFAULT_CTX, trained)}",),
         )
-    want = requested if requested is not None else min(DEFAULT_CTX, trained)
+    want, source = _wanted_context(manifest, request)
+    device_budget = ram_budget(device)
+    vram = gpu_budget(device)
+    mem_class = device.ram_total_bytes if vram is None else max(vram, device.ram_total_bytes // 2)
+    layers = request.n_gpu_layers
+    room = Room(
+        ram=request.memory_budget_bytes or device_budget,
+        vram=vram,
+        offload=gpu_offload,
+        layers=None if layers is None or layers < 0 else layers,
+    )
+    pl = _Planning(
+        manifest, device, request, list(bench_results), room,
+        low_battery(device), want, source, quant_rank(quant_ceiling(mem_class)),
+    )  # fmt: skip
+    if request.memory_budget_bytes:
+        pl.overrides.append(
+            f"memory budget {gb(room.ram)}: set by the operator "
+            f"(this device's own budget is {gb(device_budget)})"
+        )
+    if requested is not None:
+        pl.overrides.append(
+            f"context {requested} tokens: asked for "
+            f"(the plan's default is {_wanted_context(manifest, replace(request, n_ctx=None))[0]})"
+        )
     if want > trained:
-        warnings.append(
+        pl.warnings.append(
             f"context {want} is larger than {manifest.id}'s trained context {trained}; "
             f"clamped to {trained}"
         )
-        want = trained
-    battery_low = low_battery(device)
-    if battery_low and requested is None and want > 2048:
-        want = 2048
-        warnings.append("on battery below 20%: default context lowered to 2048")
+        pl.want = want = trained
+    if pl.battery_low and requested is None and want > 2048:
+        pl.want = want = 2048
+        pl.warnings.append("on battery below 20%: default context lowered to 2048")
+    if request.embedding and manifest.modality != "embedding":
+        pl.warnings.append(
+            f"{manifest.id} is a {manifest.modality} model: its embeddings are pooled token "
+            "states, not trained sentence embeddings (see: locara recommend --task embedding)"
+        )
 
-    # 2. Backends in order of preference.
-    order = _backend_order(manifest, device, request, results, reasons, rejected)
-
-    # 3. Artifacts per backend, best quant first; the first that fits wins.
-    mem_class = device.ram_total_bytes
-    vram = gpu_budget(device)
-    if vram is not None:
-        mem_class = max(vram, device.ram_total_bytes // 2)
-    ceiling = quant_rank(quant_ceiling(mem_class))
+    order = _backend_order(pl)
+    kv_types = (request.kv_type,) if request.kv_type else KV_TYPES
     near_misses: list[_Attempt] = []
     chosen: _Attempt | None = None
     fitting: list[_Attempt] = []
     for backend in order:
-        key = "llamacpp" if backend == "llama_cpp" else "mlx"
-        arts = list(manifest.artifact_list(key))
-        if request.quant:
-            wanted = request.quant.upper()
-            for a in arts:
-                if (a.quant or "").upper() != wanted:
-                    rejected.append(
-                        Rejected(backend, a.quant, f"not the requested quant {wanted}", a.sha256)
-                    )
-            arts = [a for a in arts if (a.quant or "").upper() == wanted]
-        if battery_low:
-            arts.sort(key=lambda a: -quant_rank(a.quant))  # smallest first
-        else:
-            # At or under the ceiling best-first, then those above it smallest-first.
-            # Among builds of the same quant, one already in the store comes first.
-            under = sorted(
-                (a for a in arts if quant_rank(a.quant) >= ceiling),
-                key=lambda a: (quant_rank(a.quant), (a.sha256 or "") not in paths),
-            )
-            over = sorted(
-                (a for a in arts if quant_rank(a.quant) < ceiling),
-                key=lambda a: (-quant_rank(a.quant), (a.sha256 or "") not in paths),
-            )
-            arts = under + over
-        for art in arts:
+        for art in _candidates(pl, backend, paths):
             path = paths.get(art.sha256 or "")
-            if device.offline and path is None and not _has_local_source(art):
-                rejected.append(
+            if device.offline and path is None and not has_local_source(art):
+                pl.rejected.append(
                     Rejected(
                         backend,
                         art.quant,
@@ -337,166 +375,106 @@ def plan_model(
                     )
                 )
                 continue
-            shape, exact, err = _shape_for(art, manifest, path)
+            shape, exact, err = shape_for(art, manifest, path)
             if shape is None:
-                rejected.append(Rejected(backend, art.quant, err, art.sha256))
+                pl.rejected.append(Rejected(backend, art.quant, err, art.sha256))
                 continue
-            attempt = _try_contexts(device, backend, art, shape, exact, want)
+            fitted, why = longest_context(
+                device, backend, shape, want, room, kv_types, request.embedding, request.n_batch
+            )
+            attempt = _Attempt(backend, art, shape, exact, fitted, why)
             if attempt.ok:
                 fitting.append(attempt)
             if attempt.ok and chosen is None:
                 chosen = attempt
             elif attempt.ok:
                 assert chosen is not None
-                why = (
-                    _why_not_chosen(chosen, art, ceiling)
+                reason = (
+                    _why_not_chosen(chosen, art, pl.ceiling)
                     if chosen.backend == backend
                     else f"fits, but {chosen.backend} is preferred on this device"
                 )
-                rejected.append(Rejected(backend, art.quant, why, art.sha256))
+                pl.rejected.append(Rejected(backend, art.quant, reason, art.sha256))
             else:
                 near_misses.append(attempt)
-                rejected.append(
-                    Rejected(
-                        backend,
-                        art.quant,
-                        attempt.why_not,
-                        art.sha256,
-                        attempt.estimate.total_bytes,
-                    )
+                pl.rejected.append(
+                    Rejected(backend, art.quant, why, art.sha256, attempt.estimate.total_bytes)
                 )
     if chosen is not None:
-        chosen = _prefer_measured_speed(chosen, fitting, results, manifest.id, reasons, rejected)
-        return _finish(
-            manifest, device, chosen, want, requested, battery_low, results,
-            reasons, warnings, rejected, ceiling,
-        )  # fmt: skip
-    return _no_fit(manifest, device, want, requested, near_misses, reasons, warnings, rejected)
+        chosen = _prefer_measured_speed(chosen, fitting, pl)
+        return _finish(pl, chosen)
+    return _no_fit(pl, near_misses)
 
 
-def _backend_order(
-    manifest: ModelManifest,
-    device: DeviceProfile,
-    request: PlanRequest,
-    results: list[BenchResult],
-    reasons: list[str],
-    rejected: list[Rejected],
-) -> list[str]:
-    has_mlx = bool(manifest.artifact_list("mlx"))
-    has_llama = bool(manifest.artifact_list("llamacpp"))
-    usable: list[str] = []
-    for backend, present in (("mlx", has_mlx), ("llama_cpp", has_llama)):
-        if not present:
-            continue
-        why = _backend_unusable(backend, device, request, manifest)
-        if request.backend and request.backend != backend:
-            why = why or f"--backend {request.backend} was requested"
-        if why:
-            for a in manifest.artifact_list("mlx" if backend == "mlx" else "llamacpp"):
-                rejected.append(Rejected(backend, a.quant, why, a.sha256))
-            continue
-        usable.append(backend)
-    if not usable:
-        return []
-    if "mlx" in usable and "llama_cpp" in usable:
-        if device.is_apple_silicon:
-            order = ["mlx", "llama_cpp"]
-            reasons.append("Apple Silicon with an MLX artifact: MLX first (reference/000 rule)")
-        else:
-            order = ["llama_cpp", "mlx"]
-            reasons.append("not Apple Silicon: llama.cpp first (reference/000 rule)")
-        mlx_m = best_measured(results, manifest.id, "mlx")
-        llama_m = best_measured(results, manifest.id, "llama_cpp")
-        if mlx_m and llama_m:
-            fast, slow = (mlx_m, llama_m) if mlx_m.tg_tps > llama_m.tg_tps else (llama_m, mlx_m)
-            if fast.tg_tps > slow.tg_tps * 1.1:
-                order = [fast.backend, slow.backend]
-                reasons.append(
-                    f"measured on this device: {fast.backend} {fast.tg_tps:.1f} tok/s vs "
-                    f"{slow.backend} {slow.tg_tps:.1f} tok/s, so {fast.backend} first"
-                )
-        return order
-    reasons.append(f"only {usable[0]} can run this model here")
-    return usable
-
-
-def _backend_unusable(
-    backend: str, device: DeviceProfile, request: PlanRequest, manifest: ModelManifest
-) -> str:
-    if backend not in device.supported_runtimes:
-        return f"{backend} is not installed on this device (pip install 'locara[mlx]')"
-    if backend == "mlx":
-        if "json_schema" in request.features:
-            return "json_schema output needs llama.cpp grammars; MLX cannot constrain output"
-        if "embeddings" in request.features:
-            return "embeddings run on llama.cpp only"
-    if "embeddings" in request.features and manifest.modality != "embedding":
-        return f"{manifest.id} is a {manifest.modality} model, not an embedding model"
-    return ""
-
-
-def _try_contexts(
-    device: DeviceProfile,
-    backend: str,
-    art: Artifact,
-    shape: ModelShape,
-    exact: bool,
-    want: int,
-) -> _Attempt:
-    """The longest context (and least quantized KV) that fits, else the failing attempt."""
-    ctx = want
-    first: _Attempt | None = None
-    while True:
-        for kv in KV_TYPES:
-            ok, est, layers, why = _fit(device, backend, shape, ctx, kv)
-            attempt = _Attempt(backend, art, shape, exact, ctx, kv, est, layers, ok, why)
-            if ok:
-                return attempt
-            if first is None:
-                first = attempt
-        if ctx <= MIN_CTX:
-            break
-        ctx = max(MIN_CTX, ctx // 2)
-    assert first is not None
-    # The smallest configuration tried still failed: report it, with what the first needed.
-    smallest = _fit(device, backend, shape, min(want, MIN_CTX), "q4_0")
-    first.why_not = (
-        f"does not fit at any context: at {want} tokens {first.why_not}; "
-        f"even {min(want, MIN_CTX)} tokens with q4_0 KV needs {_gb(smallest[1].total_bytes)}"
+def _candidates(pl: _Planning, backend: str, paths: Mapping[str, Path]) -> list[Artifact]:
+    """This backend's artifacts in the order to try them: best quant for the device first."""
+    request = pl.request
+    arts = list(artifacts_for(pl.manifest, backend, request.backend))
+    if request.quant:
+        wanted = request.quant.upper()
+        why = f"not the requested quant {wanted}"
+        pl.rejected.extend(
+            Rejected(backend, a.quant, why, a.sha256)
+            for a in arts
+            if (a.quant or "").upper() != wanted
+        )
+        arts = [a for a in arts if (a.quant or "").upper() == wanted]
+    if request.sha256:
+        why = "not the artifact selected for this load (pinned, stored or bundled)"
+        pl.rejected.extend(
+            Rejected(backend, a.quant, why, a.sha256) for a in arts if a.sha256 != request.sha256
+        )
+        arts = [a for a in arts if a.sha256 == request.sha256]
+    if pl.battery_low:
+        return sorted(arts, key=lambda a: -quant_rank(a.quant))  # smallest first
+    # At or under the ceiling best-first, then those above it smallest-first.
+    # Among builds of the same quant, one already in the store comes first.
+    under = sorted(
+        (a for a in arts if quant_rank(a.quant) >= pl.ceiling),
+        key=lambda a: (quant_rank(a.quant), (a.sha256 or "") not in paths),
     )
-    first.estimate = smallest[1]
-    return first
+    over = sorted(
+        (a for a in arts if quant_rank(a.quant) < pl.ceiling),
+        key=lambda a: (-quant_rank(a.quant), (a.sha256 or "") not in paths),
+    )
+    return under + over
 
 
-def _prefer_measured_speed(
-    chosen: _Attempt,
-    fitting: list[_Attempt],
-    results: list[BenchResult],
-    model_id: str,
-    reasons: list[str],
-    rejected: list[Rejected],
-) -> _Attempt:
+def _backend_order(pl: _Planning) -> list[str]:
+    request = pl.request
+    routing = route(pl.manifest, pl.device, request.features, request.backend, pl.results)
+    for backend, why in routing.unusable:
+        arts = artifacts_for(pl.manifest, backend, request.backend)
+        pl.rejected.extend(Rejected(backend, a.quant, why, a.sha256) for a in arts)
+    if request.backend and request.backend in routing.order:
+        pl.overrides.append(f"backend {request.backend}: asked for (--backend)")
+    pl.reasons.extend(routing.reasons)
+    return routing.order
+
+
+def _prefer_measured_speed(chosen: _Attempt, fitting: list[_Attempt], pl: _Planning) -> _Attempt:
     """Swap to a faster measured artifact of the same backend when the choice is too slow.
 
     Quality wins by default; but when ``locara bench`` measured the chosen artifact below
     a usable speed and another artifact that fits measured usable, speed wins.
     """
-    mine = best_measured(results, model_id, chosen.backend, chosen.artifact)
+    model_id = pl.manifest.id
+    mine = best_measured(pl.results, model_id, chosen.backend, chosen.artifact)
     if mine is None or mine.tg_tps >= USABLE_TPS:
         return chosen
     best: tuple[_Attempt, BenchResult] | None = None
     for other in fitting:
         if other is chosen or other.backend != chosen.backend:
             continue
-        m = best_measured(results, model_id, other.backend, other.artifact)
+        m = best_measured(pl.results, model_id, other.backend, other.artifact)
         if m and m.tg_tps >= USABLE_TPS and (best is None or m.tg_tps > best[1].tg_tps):
             best = (other, m)
     if best is None:
         return chosen
     faster, m = best
-    rejected[:] = [r for r in rejected if not (r.sha256 == faster.artifact.sha256
-                                                and r.quant == faster.artifact.quant)]  # fmt: skip
-    rejected.append(
+    pl.rejected[:] = [r for r in pl.rejected if not (r.sha256 == faster.artifact.sha256
+                                                      and r.quant == faster.artifact.quant)]  # fmt: skip
+    pl.rejected.append(
         Rejected(
             chosen.backend,
             chosen.artifact.quant,
@@ -505,7 +483,7 @@ def _prefer_measured_speed(
             chosen.artifact.sha256,
         )
     )
-    reasons.append(
+    pl.reasons.append(
         f"measured on this device: {faster.artifact.quant} {m.tg_tps:.1f} tok/s vs "
         f"{chosen.artifact.quant} {mine.tg_tps:.1f} tok/s, so the faster quant"
     )
@@ -529,53 +507,67 @@ def _why_not_chosen(chosen: _Attempt | None, art: Artifact, ceiling: int) -> str
     return f"fits, but lower quality than {chosen.artifact.quant}"
 
 
-def _finish(
-    manifest: ModelManifest,
-    device: DeviceProfile,
-    chosen: _Attempt,
-    want: int,
-    requested: int | None,
-    battery_low: bool,
-    results: list[BenchResult],
-    reasons: list[str],
-    warnings: list[str],
-    rejected: list[Rejected],
-    ceiling: int,
-) -> Plan:
-    art = chosen.artifact
-    if chosen.n_ctx < want:
-        warnings.append(
-            f"context {want} does not fit; clamped to {chosen.n_ctx} tokens "
-            f"(the most that fits with {chosen.kv_type} KV)"
+def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
+    manifest, device, request = pl.manifest, pl.device, pl.request
+    art, f = chosen.artifact, chosen.fitted
+    if f.n_ctx < pl.want:
+        pl.warnings.append(
+            f"context {pl.want} does not fit; clamped to {f.n_ctx} tokens "
+            f"(the most that fits with {f.kv_type} KV)"
         )
-    if chosen.kv_type != "f16":
-        reasons.append(
-            f"KV cache {chosen.kv_type} (with flash attention) to fit {chosen.n_ctx} tokens"
-        )
-    quant_note = f"quant {art.quant}: device memory class suggests up to {QUANT_ORDER[ceiling]}"
-    if battery_low:
+    elif request.n_ctx is None:
+        pl.reasons.append(f"context {f.n_ctx} tokens: {pl.want_source}")
+    if f.kv_type != "f16" and request.kv_type is None:
+        pl.reasons.append(f"KV cache {f.kv_type} (with flash attention) to fit {f.n_ctx} tokens")
+    elif request.kv_type is not None:
+        pl.overrides.append(f"KV cache {f.kv_type}: set explicitly")
+    quant_note = f"quant {art.quant}: device memory class suggests up to {QUANT_ORDER[pl.ceiling]}"
+    if pl.battery_low:
         quant_note = f"quant {art.quant}: on battery below 20%, the smallest that fits"
-    reasons.append(quant_note)
-    size = art.size_bytes or (sum(f.size_bytes for f in art.files) if art.files else 0)
+    if request.quant:
+        pl.overrides.append(f"quant {art.quant}: named in the reference")
+    else:
+        pl.reasons.append(quant_note)
+    size = art.size_bytes or (sum(x.size_bytes for x in art.files) if art.files else 0)
     if (
         not chosen.exact
         and device.disk_free_bytes is not None
         and size
         and size > device.disk_free_bytes
     ):
-        warnings.append(
-            f"the download needs {_gb(size)} but the store's disk has {_gb(device.disk_free_bytes)} "
+        pl.warnings.append(
+            f"the download needs {gb(size)} but the store's disk has {gb(device.disk_free_bytes)} "
             "free; make room with: locara cleanup"
         )
     if not chosen.exact:
-        warnings.append(
+        pl.warnings.append(
             "memory estimated from the manifest's size (the GGUF is not in the store yet); "
             "`locara pull` then plan again for an exact estimate"
         )
-    perf = device.cores_performance or device.cores_logical or 1
-    threads = max(1, perf // 2) if battery_low else perf
-    on_gpu = chosen.n_gpu_layers > 0 or (chosen.backend == "mlx" and device.is_apple_silicon)
-    measured = best_measured(results, manifest.id, chosen.backend, art)
+    notes = offload_notes(
+        device, chosen.backend, chosen.shape, f, pl.room, request.n_gpu_layers, manifest.id
+    )
+    for kept, new in zip((pl.reasons, pl.warnings, pl.overrides), notes, strict=True):
+        kept.extend(new)
+    threads, why = decoding_threads(device)
+    if request.n_threads is None:
+        pl.reasons.append(why)
+    else:
+        pl.overrides.append(
+            f"threads {request.n_threads}: set explicitly (the plan would use {threads})"
+        )
+        threads = request.n_threads
+    if request.n_batch is not None:
+        pl.overrides.append(f"batch {f.n_batch}: set explicitly")
+    elif request.embedding:
+        pl.reasons.append(f"batch {f.n_batch}: an embedding input is evaluated in one batch")
+    n_parallel, placed, why = parallel_slots(
+        device, chosen.backend, chosen.shape, f, pl.room, request.n_parallel, request.embedding
+    )
+    (pl.reasons if request.n_parallel is None else pl.overrides).append(why)
+    p = chosen.fitted.placement
+    on_gpu = p.layers > 0 or (chosen.backend == "mlx" and device.is_apple_silicon)
+    measured = best_measured(pl.results, manifest.id, chosen.backend, art)
     if measured:
         tps, source = measured.tg_tps, "measured by locara bench on this device"
     else:
@@ -587,56 +579,50 @@ def _finish(
         source = f"estimated from {bw:.0f} GB/s memory bandwidth"
         if not on_gpu:
             source += f" and {threads} CPU threads"
-    if chosen.backend == "mlx" and device.is_apple_silicon:
-        reasons.append("MLX runs the whole model on the Apple GPU (unified memory)")
-    if on_gpu:
-        total = chosen.shape.n_layers + 1
-        where = "Metal" if device.is_apple_silicon else "the GPU"
-        reasons.append(f"{min(chosen.n_gpu_layers, total)}/{total} layers offloaded to {where}")
     return Plan(
         model_id=manifest.id,
         ok=True,
         backend=chosen.backend,
         artifact=art,
-        n_ctx=chosen.n_ctx,
-        requested_ctx=requested,
-        kv_type=chosen.kv_type,
-        flash_attn=chosen.kv_type != "f16",
+        n_ctx=f.n_ctx,
+        requested_ctx=request.n_ctx,
+        kv_type=f.kv_type,
+        # llama.cpp cannot keep a quantized V cache without flash attention.
+        flash_attn=f.kv_type != "f16",
         n_threads=threads,
-        n_gpu_layers=chosen.n_gpu_layers,
-        estimate=chosen.estimate,
-        budget_bytes=ram_budget(device),
-        gpu_budget_bytes=gpu_budget(device),
+        n_gpu_layers=p.layers,
+        n_layers=chosen.shape.n_layers + 1,
+        n_batch=f.n_batch,
+        n_parallel=n_parallel,
+        embedding=request.embedding,
+        estimate=placed.estimate,
+        ram_bytes=placed.ram_bytes,
+        gpu_bytes=placed.gpu_bytes,
+        budget_bytes=pl.room.ram,
+        gpu_budget_bytes=pl.room.vram,
         exact_shape=chosen.exact,
         expected_tg_tps=tps,
         tps_source=source,
-        reasons=tuple(reasons),
-        warnings=tuple(warnings),
-        rejected=tuple(rejected),
+        reasons=tuple(pl.reasons),
+        warnings=tuple(pl.warnings),
+        overrides=tuple(pl.overrides),
+        rejected=tuple(pl.rejected),
     )
 
 
-def _no_fit(
-    manifest: ModelManifest,
-    device: DeviceProfile,
-    want: int,
-    requested: int | None,
-    near: list[_Attempt],
-    reasons: list[str],
-    warnings: list[str],
-    rejected: list[Rejected],
-) -> Plan:
-    why = [f"{r.backend} {r.quant or ''}: {r.reason}".replace("  ", " ") for r in rejected]
+def _no_fit(pl: _Planning, near: list[_Attempt]) -> Plan:
+    manifest = pl.manifest
+    why = [f"{r.backend} {r.quant or ''}: {r.reason}".replace("  ", " ") for r in pl.rejected]
     if not why:
         why = [f"{manifest.id} has no artifact this device can run"]
     alternatives: list[str] = []
-    budget = ram_budget(device)
+    budget = pl.room.ram
     if near:
         smallest = min(near, key=lambda a: a.estimate.total_bytes)
         alternatives.append(
             f"a smaller model: {manifest.id}'s smallest artifact ({smallest.artifact.quant}) "
-            f"needs at least {_gb(smallest.estimate.total_bytes)} ({smallest.estimate.n_ctx} "
-            f"tokens, {smallest.estimate.kv_type} KV); this device has {_gb(budget)} for "
+            f"needs at least {gb(smallest.estimate.total_bytes)} ({smallest.estimate.n_ctx} "
+            f"tokens, {smallest.estimate.kv_type} KV); this device has {gb(budget)} for "
             "models (see: locara recommend)"
         )
         alternatives.append("free memory (close other programs), then: locara plan " + manifest.id)
@@ -646,35 +632,14 @@ def _no_fit(
     return Plan(
         model_id=manifest.id,
         ok=False,
-        requested_ctx=requested,
-        n_ctx=want,
+        requested_ctx=pl.request.n_ctx,
+        n_ctx=pl.want,
+        embedding=pl.request.embedding,
         budget_bytes=budget,
-        gpu_budget_bytes=gpu_budget(device),
-        reasons=tuple(reasons + why),
-        warnings=tuple(warnings),
-        rejected=tuple(rejected),
+        gpu_budget_bytes=pl.room.vram,
+        reasons=tuple(pl.reasons + why),
+        warnings=tuple(pl.warnings),
+        overrides=tuple(pl.overrides),
+        rejected=tuple(pl.rejected),
         alternatives=tuple(alternatives),
-    )
-
-
-def local_gguf_paths(settings: Settings, manifests: Iterable[ModelManifest]) -> dict[str, Path]:
-    """sha256 -> GGUF path for the artifacts of ``manifests`` already in the store."""
-    from locara.store.blobs import BlobStore
-
-    store = BlobStore(settings)
-    out: dict[str, Path] = {}
-    for m in manifests:
-        for _, art in m.all_artifacts():
-            if art.format == "gguf" and art.sha256:
-                blob = store.find(art.sha256)
-                if blob is not None:
-                    out[art.sha256] = blob.path
-    return out
-
-
-def _has_local_source(art: Artifact) -> bool:
-    from locara.store.sources import is_local
-
-    return any(is_local(src) for src in art.sources) or any(
-        is_local(src) for f in (art.files or ()) for src in ((f.url,) if f.url else ()) + f.mirrors
     )

@@ -10,13 +10,18 @@ from locara.store.sources import is_local
 
 
 def select_artifact(
-    manifest: ModelManifest, ref: ModelRef, store: BlobStore, backend: str = "llamacpp"
+    manifest: ModelManifest,
+    ref: ModelRef,
+    store: BlobStore,
+    backend: str = "llamacpp",
+    planned: Artifact | None = None,
 ) -> Artifact:
     """The artifact for ``ref``: the pinned digest, the named quant, else the best at hand.
 
     Without a digest or quant, prefer an artifact already in the store, then one with a
-    local source (a bundled package), then the manifest's first; so the default model
-    runs offline on a fresh machine.
+    local source (a bundled package), then the one the planner fits to this device
+    (``planned``, when the caller already planned; else planned here), then the
+    manifest's first; so the default model runs offline on a fresh machine.
     """
     candidates = manifest.artifact_list(backend)
     if not candidates:
@@ -46,7 +51,8 @@ def select_artifact(
     for art in candidates:
         if any(is_local(s) for s in art.sources):
             return art
-    planned = _planned_artifact(manifest, candidates, store, backend)
+    if planned is None or planned not in candidates:
+        planned = _planned_artifact(manifest, candidates, store, backend)
     return planned if planned is not None else candidates[0]
 
 
@@ -61,12 +67,12 @@ def _planned_artifact(
     """
     if backend not in ("llamacpp", "mlx") or len(candidates) < 2:
         return None
-    from locara.device.profile import detect_profile
+    from locara.device.profile import current_device
     from locara.planner.plan import PlanRequest, plan_model
     from locara.planner.results import read_bench_results
 
     settings = store.settings
-    device = detect_profile(settings)
+    device = current_device(settings)
     plan = plan_model(
         manifest,
         device,
