@@ -118,10 +118,15 @@ def test_empty_messages_and_unknown_role(server: RunningServer) -> None:
 
 
 def test_prompt_over_the_context_reports_token_counts(server: RunningServer) -> None:
-    long = "word " * 9000  # more than the model's whole 8192-token context
+    long = "word " * 1500  # more than this server's 1024-token context
     err = openai_error(chat(server, model=MODEL, messages=[{"role": "user", "content": long}]), 400)
     assert err["code"] == "context_length_exceeded"
-    assert "prompt is 90" in err["message"] and "the context holds" in err["message"]
+    assert "prompt is 15" in err["message"] and "the context holds 1024" in err["message"]
+    # Far beyond what any tokenization could fit: refused by size, before tokenizing.
+    huge = "word " * 9000
+    err = openai_error(chat(server, model=MODEL, messages=[{"role": "user", "content": huge}]), 400)
+    assert err["code"] == "context_length_exceeded"
+    assert "the input is 45" in err["message"] and "bytes" in err["message"]
     r = httpx.post(
         f"{server.url}/api/generate", json={"model": MODEL, "prompt": long, "stream": False}
     )
