@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from locara.engine.loader import resolve
-from locara.engine.pool import estimate_bytes
+from locara.planner.plan import PlanRequest
 from locara.settings import Settings
 from server_harness import RunningServer, metric, running_server, wait_until
 
@@ -42,7 +42,9 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def server(shared_home: Path) -> Iterator[RunningServer]:
-    one = estimate_bytes(resolve(Settings.from_env({"LOCARA_HOME": str(shared_home)}), MODEL), CTX)
+    # What the pool's admission counts for one loaded model: its plan's RAM bytes.
+    cfg = Settings.from_env({"LOCARA_HOME": str(shared_home)})
+    one = resolve(cfg, MODEL, request=PlanRequest(default_ctx=CTX)).plan.ram_bytes
     env = {
         "LOCARA_QUEUE_DEPTH": "0",
         "LOCARA_KEEP_ALIVE": "2",

@@ -1,7 +1,9 @@
 """The benchmark runner: how fast a stored model is on this machine, measured.
 
-What one repetition measures (every repetition loads the model afresh, so no KV or
-prefix cache carries over between them):
+Every repetition loads the model afresh (so no KV or prefix cache carries over) the way
+its plan says, like every other load: the bench's context is an explicit option to the
+planner, and the options the backend was given are recorded (``n_gpu_layers``,
+``n_threads``, ``type_k``…) with the plan itself. What one repetition measures:
 
 - ``load_s``: the backend's load of the stored file (``engine.loader.load``).
 - ``pp``: prompt processing of ``n_prompt`` tokens (BOS + random token ids, as
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from locara.backends.base import GenerationRequest, LoadedModel, LoadOptions, Sampling
+from locara.engine.loader import ModelHandle, ResolvedModel
 from locara.errors import (
     NoFitError,
     StoreError,
@@ -55,9 +58,10 @@ class BenchParams:
     n_gen: int = 128
     repetitions: int = 3
     backend: str = "llama_cpp"
-    n_threads: int | None = None  # None: the backend's default (performance cores)
-    n_batch: int = 512
-    kv_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    # None: the plan decides (every load takes its options from the plan).
+    n_threads: int | None = None
+    n_batch: int | None = None
+    kv_type: Literal["f16", "q8_0", "q4_0"] | None = None
     seed: int = 1234
 
     @property
@@ -83,14 +87,27 @@ class BenchParams:
 
 @dataclass(frozen=True)
 class BenchTarget:
-    """A stored, fitting model ready to be measured."""
+    """A stored model, planned for this bench, that fits."""
 
     reference: str
-    ref: ModelRef
-    manifest: ModelManifest
-    artifact: Artifact
-    blob: StoredBlob
-    fit: dict[str, Any] | None
+    resolved: ResolvedModel
+    fit: dict[str, Any]
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.resolved.ref
+
+    @property
+    def manifest(self) -> ModelManifest:
+        return self.resolved.manifest
+
+    @property
+    def artifact(self) -> Artifact:
+        return self.resolved.artifact
+
+    @property
+    def blob(self) -> StoredBlob:
+        return self.resolved.blob
 
 
 # -- preparing ---------------------------------------------------------------------------
@@ -106,49 +123,33 @@ def require_backend(name: str) -> str:
 
 
 def prepare(settings: Settings, reference: str, params: BenchParams) -> BenchTarget:
-    """Find the stored artifact ``reference`` means for the backend and check it fits.
+    """Find the stored artifact ``reference`` means for the backend and plan its bench.
 
     Never downloads: a model that is not stored is an error naming the pull command.
-    A model that does not fit this device's available memory is a NoFitError.
+    The load is planned like any other (``engine.loader.resolve``) with the bench's
+    context, backend and options as explicit options; a plan that does not fit this
+    device, or only with a shorter context than the bench needs, is a NoFitError.
     """
+    from locara.backends.registry import manifest_key
+    from locara.engine.loader import resolve
+    from locara.planner.plan import PlanRequest
     from locara.planner.select import select_artifact
 
     ref = parse_ref(reference)
     manifest = Registry(settings).get(ref.id)
     store = BlobStore(settings)
-    from locara.backends.registry import manifest_key
-
     key = manifest_key(params.backend)
     if params.backend == "mlx" and not manifest.artifact_list("mlx"):
         key = "llamacpp"  # MLX reads GGUF files directly
     artifact = select_artifact(manifest, ref, store, backend=key)
     sha = artifact.sha256
+    label = f"{manifest.id}:{artifact.quant}" if artifact.quant and not ref.sha256 else str(ref)
     if sha is None or store.find(sha) is None:
-        label = f"{manifest.id}:{artifact.quant}" if artifact.quant and not ref.sha256 else str(ref)
         raise StoreError(
             f"{label} is not stored, so it cannot be benchmarked",
             f"fetch it first with: locara pull {label}",
         )
     blob = store.verify(sha)
-    fit = _check_fit(settings, manifest, artifact, blob, params)
-    return BenchTarget(reference, ref, manifest, artifact, blob, fit)
-
-
-def _check_fit(
-    settings: Settings,
-    manifest: ModelManifest,
-    artifact: Artifact,
-    blob: StoredBlob,
-    params: BenchParams,
-) -> dict[str, Any] | None:
-    """The planner's verdict for this artifact at the bench's context; NoFitError if none.
-
-    A bench needs exactly ``n_ctx`` tokens with ``kv_type`` KV, so a plan that only
-    fits with a shorter context or a quantized KV cache is a no-fit here too.
-    """
-    from locara.backends.registry import manifest_key
-    from locara.device.profile import detect_profile
-
     trained = manifest.context_length
     if artifact.format == "gguf":
         from locara.device.gguf_meta import read_gguf
@@ -160,53 +161,35 @@ def _check_fit(
             f"{params.n_ctx} but {manifest.id} was trained for {trained}",
             "lower --n-prompt or --n-gen",
         )
-    device = detect_profile(settings)
+    request = PlanRequest(
+        n_ctx=params.n_ctx,
+        backend=params.backend,
+        kv_type=params.kv_type,
+        n_threads=params.n_threads,
+        n_batch=params.n_batch,
+        n_parallel=1,  # one stream, as llama-bench measures it
+    )
+    resolved = resolve(settings, f"{manifest.id}@sha256:{sha}", request=request)
+    plan = resolved.plan
     label = f"{manifest.id}:{artifact.quant}" if artifact.quant else manifest.id
-    if manifest.artifact_list(manifest_key(params.backend)):
-        from locara.planner.plan import PlanRequest, plan_model
-
-        plan = plan_model(
-            manifest,
-            device,
-            PlanRequest(n_ctx=params.n_ctx, backend=params.backend, quant=artifact.quant),
-            gguf_path_of={blob.sha256: blob.path},
-        )
-        if not plan.ok:
-            raise NoFitError(
-                f"{label} does not fit this device for a {params.n_ctx}-token bench with "
-                f"{params.backend}: " + "; ".join(plan.reasons),
-                list(plan.reasons),
-                f"see the alternatives with: locara plan {manifest.id}"
-                + (f" ({plan.alternatives[0]})" if plan.alternatives else ""),
-            )
-        if (plan.n_ctx or 0) < params.n_ctx or plan.kv_type != params.kv_type:
-            raise NoFitError(
-                f"{label} fits this device only with a {plan.n_ctx}-token context and "
-                f"{plan.kv_type} KV cache, not the {params.n_ctx} tokens ({params.kv_type}) "
-                "this bench needs",
-                list(plan.reasons) + list(plan.warnings),
-                f"lower --n-prompt/--n-gen to fit {plan.n_ctx} tokens, or see: "
-                f"locara plan {manifest.id}",
-            )
-        verdict = plan.to_dict()
-        return {"planner": True, "memory": verdict["memory"], "budget_bytes": plan.budget_bytes}
-    if artifact.format != "gguf":
-        return None
-    # MLX reading a GGUF (no MLX artifact for the planner to judge): the fit estimate alone.
-    from locara.device.fit import estimate_fit
-    from locara.device.gguf_meta import read_gguf
-
-    est = estimate_fit(read_gguf(blob.path), params.n_ctx, params.kv_type, params.backend)
-    available = device.ram_available_bytes
-    if est.total_bytes > available:
-        gib = 2**30
+    if not plan.ok:
         raise NoFitError(
-            f"{label} does not fit this device: it needs about {est.total_bytes / gib:.1f} GiB "
-            f"at context {params.n_ctx}, {available / gib:.1f} GiB is available",
-            [f"estimate {est.to_dict()}"],
-            f"try a smaller quant or model (see: locara plan {manifest.id})",
+            f"{label} does not fit this device for a {params.n_ctx}-token bench with "
+            f"{params.backend}: " + "; ".join(plan.reasons),
+            list(plan.reasons),
+            f"see the alternatives with: locara plan {manifest.id}"
+            + (f" ({plan.alternatives[0]})" if plan.alternatives else ""),
         )
-    return {"planner": False, "memory": est.to_dict(), "budget_bytes": available}
+    if (plan.n_ctx or 0) < params.n_ctx:
+        raise NoFitError(
+            f"{label} fits this device only with a {plan.n_ctx}-token context and "
+            f"{plan.kv_type} KV cache, not the {params.n_ctx} tokens this bench needs",
+            list(plan.reasons) + list(plan.warnings),
+            f"lower --n-prompt/--n-gen to fit {plan.n_ctx} tokens, or see: "
+            f"locara plan {manifest.id}",
+        )
+    fit = {"planner": True, "memory": plan.to_dict()["memory"], "budget_bytes": plan.budget_bytes}
+    return BenchTarget(reference, resolved, fit)
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -271,18 +254,10 @@ class RepSample:
     n_gen: int
 
 
-def _load(settings: Settings, target: BenchTarget, params: BenchParams) -> tuple[Any, float]:
-    from locara.engine.loader import ResolvedModel, load
+def _load(settings: Settings, target: BenchTarget) -> ModelHandle:
+    from locara.engine.loader import load
 
-    opts = LoadOptions(
-        n_ctx=params.n_ctx,
-        n_threads=params.n_threads,
-        n_batch=params.n_batch,
-        kv_type=params.kv_type,
-    )
-    resolved = ResolvedModel(target.ref, target.manifest, target.artifact, target.blob)
-    handle = load(settings, resolved, opts, backend=params.backend)
-    return handle.model, handle.load_s
+    return load(settings, target.resolved)  # the plan's options, like every other load
 
 
 def _measure_llama(
@@ -349,12 +324,14 @@ def run_bench(
     samples: list[RepSample] = []
     method = "decode" if params.backend == "llama_cpp" else "generate"
     name = f"{target.manifest.id}:{target.artifact.quant or target.artifact.format}"
+    opts = LoadOptions()
     for rep in range(params.repetitions):
         rng = random.Random(params.seed + rep)
         base = rep * 3
         note(f"{name} [{rep + 1}/{params.repetitions}] loading", base, steps)
         with peak_rss() as peak:
-            model, load_s = _load(settings, target, params)
+            handle = _load(settings, target)
+            model, load_s, opts = handle.model, handle.load_s, handle.options
             try:
                 note(
                     f"{name} [{rep + 1}/{params.repetitions}] pp{params.n_prompt}", base + 1, steps
@@ -367,10 +344,11 @@ def run_bench(
                     n_g = max(n_g - 1, 0)  # the first token came out of prompt processing
                 note(f"{name} [{rep + 1}/{params.repetitions}] tg{params.n_gen}", base + 2, steps)
             finally:
-                model.close()
+                handle.close()
         samples.append(RepSample(load_s, pp_s, ttft_s, tg_s, peak[0], n_p, n_g))
     note(f"{name} done", steps, steps)
-    return _result(settings, target, params, samples, method, device or device_info(settings))
+    info = device or device_info(settings)
+    return _result(settings, target, params, opts, samples, method, info)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -463,6 +441,7 @@ def _result(
     settings: Settings,
     target: BenchTarget,
     params: BenchParams,
+    opts: LoadOptions,
     samples: list[RepSample],
     method: str,
     device: dict[str, Any],
@@ -488,11 +467,6 @@ def _result(
         model_size, n_params = info.tensor_bytes, info.n_params
         model_type = f"{info.architecture} {_params_str(info.n_params)} {info.quant}"
     build = build_info(params.backend)
-    threads = params.n_threads
-    if threads is None and params.backend == "llama_cpp":
-        from locara.backends.llama_cpp import physical_cores
-
-        threads = physical_cores()
     cpu = device.get("cpu_model") or ""
     gpus = ", ".join(str(g.get("name")) for g in device.get("gpus", []))
     now = dt.datetime.now(dt.UTC)
@@ -531,17 +505,19 @@ def _result(
         "model_type": model_type,
         "model_size": model_size,
         "model_n_params": n_params,
-        "n_batch": params.n_batch,
-        "n_ubatch": params.n_batch,
-        "n_threads": threads,
-        "n_ctx": params.n_ctx,
-        "type_k": params.kv_type,
-        "type_v": params.kv_type,
-        "n_gpu_layers": 0,
-        "flash_attn": False,
+        # What the backend was given: the plan's options (llama-bench's names).
+        "n_batch": opts.n_batch,
+        "n_ubatch": opts.n_batch,
+        "n_threads": opts.n_threads,
+        "n_ctx": opts.n_ctx,
+        "type_k": opts.kv_type,
+        "type_v": opts.kv_type,
+        "n_gpu_layers": opts.n_gpu_layers,
+        "flash_attn": opts.flash_attn,
         "use_mmap": True,
-        "embeddings": False,
-        "backends": "CPU" if not device.get("gpus") else "CPU," + gpus,
+        "embeddings": opts.embedding,
+        "backends": "CPU" if not opts.n_gpu_layers else "CPU," + gpus,
+        "plan": target.resolved.plan.to_dict(),
         "cpu_info": cpu,
         "gpu_info": gpus,
         # llama-cpp-python does not expose the llama.cpp commit it was built from.

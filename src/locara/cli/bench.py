@@ -55,7 +55,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--n-prompt", type=int, default=512, show_default=True, help="Prompt tokens (pp).")
 @click.option("--n-gen", type=int, default=128, show_default=True, help="Generated tokens (tg).")
 @click.option("--repetitions", "-r", type=int, default=3, show_default=True, help="Runs per model.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: performance cores).")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: the plan's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
     "--plot",

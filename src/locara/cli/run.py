@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
-from typing import Any
+from dataclasses import asdict, replace
 
 import click
 
-from locara.backends.base import Chunk, GenerationRequest, LoadOptions, Message, Sampling
-from locara.cli.common import byte_progress, echo_json, settings
+from locara.backends.base import Chunk, GenerationRequest, Message, Sampling
+from locara.cli.common import byte_progress, echo_json, human_size, settings
 from locara.cli.main import render_error
+from locara.engine.accounting import generation_record
 from locara.engine.loader import ModelHandle, load, resolve
 from locara.errors import LocaraError, UsageError
-from locara.ledger import Status, UsageRecord, record_usage
+from locara.ledger import Status, record_usage
+from locara.planner.plan import Plan, PlanRequest
 from locara.registry.catalog import Registry
 from locara.registry.refs import parse_ref
 from locara.settings import Settings
@@ -51,15 +52,6 @@ def _split_args(cfg: Settings, args: tuple[str, ...], model: str | None) -> tupl
     return cfg.default_model, None
 
 
-def _sampling(manifest_defaults: dict[str, float | int], **given: Any) -> Sampling:
-    """Manifest defaults, then whatever the user passed."""
-    fields: dict[str, Any] = {
-        k: v for k, v in manifest_defaults.items() if k in Sampling.__dataclass_fields__
-    }
-    fields.update({k: v for k, v in given.items() if v is not None})
-    return Sampling(**fields).validate()
-
-
 @click.command()
 @click.argument("args", nargs=-1)
 @click.option("-m", "--model", default=None, help="Model reference (default: the default model).")
@@ -71,10 +63,21 @@ def _sampling(manifest_defaults: dict[str, float | int], **given: Any) -> Sampli
 @click.option("--repeat-penalty", type=float, default=None, help="Repetition penalty (> 0).")
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible sampling.")
 @click.option("--max-tokens", type=int, default=None, help="Most tokens to generate.")
-@click.option("--ctx", type=int, default=4096, show_default=True, help="Context window (tokens).")
-@click.option("--backend", default=None, help="Backend to run on: llama_cpp (default) or mlx.")
+@click.option(
+    "--ctx", type=int, default=None, help="Context window in tokens (default: the plan's)."
+)
+@click.option("--backend", default=None, help="Backend: llama_cpp or mlx (default: the plan's).")
+@click.option(
+    "--gpu-layers",
+    type=click.IntRange(min=-1),
+    default=None,
+    help="Layers to offload to the GPU; 0 for none, -1 for all (default: the plan's).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the plan's)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer and stats as JSON.")
-@click.option("--verbose", is_flag=True, help="Print speeds and timings on stderr.")
+@click.option("--verbose", is_flag=True, help="Print the plan, speeds and timings on stderr.")
 @click.option("-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal.")
 def run(
     args: tuple[str, ...],
@@ -87,8 +90,10 @@ def run(
     repeat_penalty: float | None,
     seed: int | None,
     max_tokens: int | None,
-    ctx: int,
+    ctx: int | None,
     backend: str | None,
+    gpu_layers: int | None,
+    threads: int | None,
     as_json: bool,
     verbose: bool,
     interactive: bool,
@@ -112,7 +117,7 @@ def run(
         raise UsageError(
             f"invalid max_tokens {max_tokens}: must be > 0", "pass --max-tokens 1 or more"
         )
-    if ctx <= 0:
+    if ctx is not None and ctx <= 0:
         raise UsageError(f"invalid --ctx {ctx}: must be > 0", "pass --ctx 2048, for example")
     # Validate what the user typed before spending time on loading.
     given = {
@@ -123,16 +128,26 @@ def run(
         "repeat_penalty": repeat_penalty,
         "seed": seed,
     }
-    _sampling({}, **given)
+    Sampling.of(None, **given)
     if backend is not None:
-        from locara.backends.registry import get_backend
+        from locara.backends.registry import canonical_name, get_backend
 
+        backend = canonical_name(backend)
         get_backend(backend)  # unknown or not installed: say so before loading anything
-
+    # Explicit options go to the planner, which applies them and says so; one session
+    # needs one slot.
+    request = PlanRequest(
+        n_ctx=ctx, backend=backend, n_gpu_layers=gpu_layers, n_threads=threads, n_parallel=1
+    )
     with byte_progress(f"storing {reference}") as progress:
-        resolved = resolve(cfg, reference, progress)
-    sampling = _sampling(dict(resolved.manifest.config.default_params), **given)
-    handle = load(cfg, resolved, LoadOptions(n_ctx=ctx), backend=backend)
+        resolved = resolve(cfg, reference, progress, request=request)
+    sampling = Sampling.of(resolved.manifest.config.default_params, **given)
+    for warning in resolved.plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if verbose:
+        for line in describe_plan(resolved.plan):
+            click.echo(line, err=True)
+    handle = load(cfg, resolved)
     try:
         if prompt is None:
             if as_json:
@@ -146,30 +161,34 @@ def run(
         handle.close()
 
 
+def describe_plan(plan: Plan) -> list[str]:
+    """What the plan decided for this load, and why, as lines for stderr."""
+    mem = f"~{human_size(plan.ram_bytes)} of a {human_size(plan.budget_bytes)} RAM budget"
+    if plan.gpu_bytes:
+        mem += f", {human_size(plan.gpu_bytes)} on the GPU"
+    lines = [
+        f"plan: {plan.model_id} {plan.quant or '-'} on {plan.backend}: context {plan.n_ctx} "
+        f"x {plan.n_parallel} slot(s), KV {plan.kv_type}"
+        + (", flash attention" if plan.flash_attn else "")
+        + f", {plan.n_gpu_layers}/{plan.n_layers} GPU layers, threads {plan.n_threads}, "
+        f"batch {plan.n_batch}, {mem}"
+    ]
+    lines += [f"  why: {r}" for r in plan.reasons]
+    lines += [f"  explicit: {o}" for o in plan.overrides]
+    return lines
+
+
 def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose: bool) -> str:
     parts: list[str] = []
     last: Chunk | None = None
     res = handle.resolved
 
-    def record(status: Status, error: str | None = None, tg: float | None = None) -> None:
+    def record(status: Status, error: str | None = None) -> None:
         # Every request is usage, errors and Ctrl-C included: one ledger row each.
-        record_usage(
-            settings(),
-            UsageRecord(
-                model_id=res.manifest.id,
-                sha256=res.blob.sha256,
-                backend=handle.backend,
-                app="cli",
-                surface="cli",
-                prompt_tokens=last.prompt_tokens if last else 0,
-                completion_tokens=last.completion_tokens if last else 0,
-                ttft_s=last.timings.ttft_s if last and last.timings else None,
-                generation_tps=tg,
-                load_s=handle.load_s,
-                status=status,
-                error=error,
-            ),
+        rec = generation_record(
+            handle, app="cli", surface="cli", last=last, status=status, error=error
         )
+        record_usage(settings(), rec)
 
     try:
         for chunk in handle.model.generate(req):
@@ -188,7 +207,7 @@ def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose:
     assert last is not None and last.usage is not None and last.timings is not None
     usage, timings = last.usage, last.timings
     pp, tg = timings.rates(usage)
-    record("ok" if last.finish_reason != "cancelled" else "cancelled", tg=tg)
+    record("ok" if last.finish_reason != "cancelled" else "cancelled")
     stats = {
         "load_s": round(handle.load_s, 4),
         "ttft_s": round(timings.ttft_s, 4),
@@ -215,6 +234,8 @@ def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose:
                 },
                 "timings": stats,
                 "n_ctx": handle.model.n_ctx,
+                "load_options": asdict(handle.options),
+                "plan": handle.plan.to_dict(),
             }
         )
     else:

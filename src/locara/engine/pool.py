@@ -2,9 +2,20 @@
 
 A ``ModelPool`` owns every loaded model. ``acquire()`` hands out a ``Lease`` (the
 model plus a slot in its queue); ``Lease.release()`` gives the slot back and starts
-the keep-alive clock. ``sweep()`` unloads models whose keep-alive ran out, and loading
-a new model first evicts idle models, least recently used first, until the estimated
-memory of everything loaded stays inside the budget.
+the keep-alive clock. ``sweep()`` unloads models whose keep-alive ran out.
+
+Every load runs its plan (``engine.loader.resolve``): backend, context, KV type, GPU
+layers, threads, batch and slots come from the planner, with the request's ``num_ctx``
+and the operator's budget handed to it as explicit options. Memory admission is the
+planner's rule: a plan fits when its ``ram_bytes`` fit the RAM budget, and loading a
+model first evicts idle ones, least recently used first, until the ``ram_bytes`` of
+everything loaded fit that same budget.
+
+A model stays memory-mapped from its blob. Each acquire verifies the blob again (the
+store's stat-signature check), and a model whose file is no longer the one it was
+loaded from (rewritten, truncated, replaced) is unloaded and loaded again; when the
+store refuses the blob, models loaded from it are unloaded at once, since touching a
+page of a truncated mapping kills the process (SIGBUS).
 
 A loaded model is one llama.cpp context: requests to it run one at a time (the
 backend serialises them), requests to different models run in parallel. Its queue
@@ -24,13 +35,22 @@ import time
 from dataclasses import dataclass, field
 
 from locara.backends.base import LoadOptions
-from locara.engine.loader import ModelHandle, ResolvedModel, load, resolve
-from locara.errors import LocaraError, NoFitError, ServerBusyError, UsageError
+from locara.device.profile import DeviceProfile
+from locara.engine.loader import (
+    FileIdentity,
+    ModelHandle,
+    ResolvedModel,
+    check_fits,
+    file_identity,
+    load,
+    resolve,
+)
+from locara.errors import ServerBusyError, StoreError
+from locara.planner.plan import Plan, PlanRequest
 from locara.settings import Settings
 
 log = logging.getLogger("locara.engine")
 
-MIN_CTX = 16
 FOREVER = math.inf
 MAX_KEEP_ALIVE_S = 365 * 86400.0
 
@@ -41,8 +61,8 @@ class PoolConfig:
 
     keep_alive_s: float = 300.0  # Ollama's default; < 0 means forever
     queue_depth: int = 16  # requests waiting per model behind the running one
-    budget_bytes: int | None = None  # None: 75 % of available RAM when first needed
-    default_ctx: int = 4096
+    budget_bytes: int | None = None  # None: the planner's RAM budget for this device
+    default_ctx: int = 4096  # the context of a request without num_ctx (the plan may lower it)
     retry_after_s: int = 2
 
 
@@ -62,6 +82,8 @@ class LoadedInfo:
     requests: int
     loaded_at: float  # wall clock
     expires_at: float | None  # wall clock; None while in use or kept forever
+    plan: Plan  # what the planner decided, and why
+    options: LoadOptions  # what the backend was given
 
 
 @dataclass
@@ -70,6 +92,7 @@ class _Entry:
     handle: ModelHandle
     n_ctx: int
     estimated_bytes: int
+    ram_bytes: int  # what counts against the budget (the plan's)
     loaded_at: float
     last_used: float
     keep_alive_s: float
@@ -95,6 +118,8 @@ class _Entry:
             requests=self.requests,
             loaded_at=self.loaded_at,
             expires_at=expires,
+            plan=self.handle.plan,
+            options=self.handle.options,
         )
 
 
@@ -128,7 +153,7 @@ class ModelPool:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, bool], _Entry] = {}
         self._loading: dict[tuple[str, bool], threading.Lock] = {}
-        self._budget: int | None = self.config.budget_bytes
+        self._device: DeviceProfile | None = None
         self.loads = 0
         self.reloads = 0
         self.evictions = 0
@@ -142,43 +167,54 @@ class ModelPool:
         embedding: bool = False,
         keep_alive_s: float | None = None,
     ) -> Lease:
-        """A lease on ``reference`` loaded with at least ``n_ctx`` context, loading it if needed.
+        """A lease on ``reference`` loaded as planned, with at least ``n_ctx`` context.
 
         Raises ServerBusyError when the model's queue is full, UsageError for a context
-        the model cannot have, NoFitError when it cannot fit the memory budget.
+        the model cannot have, NoFitError when its plan does not fit the memory budget.
         """
-        resolved = resolve(self.settings, reference)
-        trained = resolved.manifest.context_length
-        if n_ctx is not None and not MIN_CTX <= n_ctx <= trained:
-            raise UsageError(
-                f"invalid context size {n_ctx}: {resolved.manifest.id} supports "
-                f"{MIN_CTX}..{trained} tokens",
-                f"pass num_ctx between {MIN_CTX} and {trained}",
-            )
+        request = PlanRequest(
+            n_ctx=n_ctx,
+            features=frozenset({"embeddings"}) if embedding else frozenset(),
+            default_ctx=self.config.default_ctx,
+            memory_budget_bytes=self.config.budget_bytes,
+        )
+        resolved = self._resolve(reference, request)
+        plan = resolved.plan
+        # The plan may give less than asked (memory); a loaded context that large will do.
+        want = (plan.n_ctx or n_ctx) if n_ctx is not None else None
         # Two manifests may name one blob with different chat templates and stop tokens,
         # which the loaded model carries: each manifest gets its own loaded copy.
         key = (f"{resolved.manifest.id}@{resolved.blob.sha256}", embedding)
+        current = file_identity(resolved.blob.path)
         with self._lock:
-            lease = self._try_lease(key, n_ctx, keep_alive_s)
+            lease = self._try_lease(key, want, current, keep_alive_s)
             if lease is not None:
                 return lease
             load_lock = self._loading.setdefault(key, threading.Lock())
         with load_lock:  # one load per model at a time; others wait for it, then reuse it
             with self._lock:
-                lease = self._try_lease(key, n_ctx, keep_alive_s)
+                lease = self._try_lease(key, want, current, keep_alive_s)
                 if lease is not None:
                     return lease
                 old = self._entries.get(key)
                 reason = None
                 if old is not None:
+                    model = resolved.manifest.id
+                    changed = old.handle.file_id != current
                     if old.in_flight:
+                        why = (
+                            "its file in the store changed"
+                            if changed
+                            else f"it is loaded with context {old.n_ctx}"
+                        )
                         raise ServerBusyError(
-                            f"{resolved.manifest.id} is loaded with context {old.n_ctx} and busy; "
-                            f"reloading it with context {n_ctx} must wait",
+                            f"{model} is busy and {why}; reloading it must wait",
                             self.config.retry_after_s,
                         )
                     reason = (
-                        f"reloading {resolved.manifest.id}: loaded context {old.n_ctx} is "
+                        f"reloading {model}: its file in the store changed since it was loaded"
+                        if changed
+                        else f"reloading {model}: loaded context {old.n_ctx} is "
                         f"smaller than the requested {n_ctx}"
                     )
                     del self._entries[key]
@@ -186,17 +222,16 @@ class ModelPool:
                 log.info("%s", reason)
                 old.handle.close()
                 self.reloads += 1
-            ctx = n_ctx or min(self.config.default_ctx, trained)
-            estimate = estimate_bytes(resolved, ctx)
-            self._make_room(resolved, estimate)
-            opts = LoadOptions(n_ctx=ctx, embedding=embedding, n_batch=ctx if embedding else 512)
-            handle = load(self.settings, resolved, opts)
+            check_fits(resolved)
+            self._make_room(resolved, plan.ram_bytes)
+            handle = load(self.settings, resolved)
             now = time.monotonic()
             entry = _Entry(
                 key=key,
                 handle=handle,
                 n_ctx=handle.model.n_ctx,
-                estimated_bytes=estimate,
+                estimated_bytes=plan.estimate.total_bytes if plan.estimate else plan.ram_bytes,
+                ram_bytes=plan.ram_bytes,
                 loaded_at=time.time(),
                 last_used=now,
                 keep_alive_s=self._keep_alive(keep_alive_s),
@@ -206,14 +241,25 @@ class ModelPool:
             with self._lock:
                 self._entries[key] = entry
                 self.loads += 1
+            opts = handle.options
             log.info(
-                "loaded %s (%s, ctx %d, ~%d MB) in %.2f s",
+                "loaded %s (%s) on %s in %.2f s: ctx %d x %d slot(s), KV %s, %d/%s GPU layers, "
+                "%s threads, batch %d, ~%d MB",
                 resolved.manifest.id,
                 "embedding" if embedding else "generation",
-                entry.n_ctx,
-                estimate // 2**20,
+                handle.backend,
                 handle.load_s,
+                entry.n_ctx,
+                opts.n_parallel,
+                opts.kv_type,
+                opts.n_gpu_layers,
+                plan.n_layers,
+                opts.n_threads,
+                opts.n_batch,
+                plan.ram_bytes // 2**20,
             )
+            for warning in plan.warnings:
+                log.warning("%s: %s", resolved.manifest.id, warning)
             return Lease(self, entry, keep_alive_s, handle.load_s, reason)
 
     def sweep(self) -> list[str]:
@@ -263,10 +309,22 @@ class ModelPool:
                 out[mid] = out.get(mid, 0) + max(e.in_flight - 1, 0)
             return out
 
+    def device(self) -> DeviceProfile:
+        """The device every plan of this pool is made for, read once."""
+        with self._lock:
+            if self._device is None:
+                from locara.device.profile import current_device
+
+                self._device = current_device(self.settings)
+            return self._device
+
     def budget_bytes(self) -> int:
-        if self._budget is None:
-            self._budget = default_budget(self.settings)
-        return self._budget
+        """The RAM budget the plans fit and every loaded model's ``ram_bytes`` share."""
+        if self.config.budget_bytes is not None:
+            return self.config.budget_bytes
+        from locara.planner.budget import ram_budget
+
+        return ram_budget(self.device())
 
     def close(self) -> None:
         with self._lock:
@@ -276,17 +334,52 @@ class ModelPool:
             e.handle.close()
 
     # -- internals -------------------------------------------------------------------
+    def _resolve(self, reference: str | None, request: PlanRequest) -> ResolvedModel:
+        try:
+            return resolve(self.settings, reference, request=request, device=self.device())
+        except StoreError:
+            # The store refused a blob (corrupt, truncated, gone). A model mapped from that
+            # file dies (SIGBUS) on its next page fault, so unload every such model now.
+            self._unload_changed_files()
+            raise
+
+    def _unload_changed_files(self) -> None:
+        closing: list[_Entry] = []
+        with self._lock:
+            for e in list(self._entries.values()):
+                try:
+                    same = file_identity(e.handle.resolved.blob.path) == e.handle.file_id
+                except OSError:
+                    same = False
+                if same:
+                    continue
+                if e.in_flight:
+                    e.keep_alive_s = 0.0  # unloaded by _release when its last request ends
+                else:
+                    del self._entries[e.key]
+                    closing.append(e)
+        for e in closing:
+            log.warning(
+                "unloading %s: the file it was loaded from failed verification",
+                e.handle.resolved.manifest.id,
+            )
+            e.handle.close()
+
     def _keep_alive(self, requested: float | None) -> float:
         value = self.config.keep_alive_s if requested is None else requested
         # Negative means forever, and so does anything beyond a year (or not a number).
         return FOREVER if not 0 <= value <= MAX_KEEP_ALIVE_S else value
 
     def _try_lease(
-        self, key: tuple[str, bool], n_ctx: int | None, keep_alive_s: float | None
+        self,
+        key: tuple[str, bool],
+        n_ctx: int | None,
+        current: FileIdentity,
+        keep_alive_s: float | None,
     ) -> Lease | None:
         # Called with self._lock held.
         e = self._entries.get(key)
-        if e is None or (n_ctx is not None and e.n_ctx < n_ctx):
+        if e is None or (n_ctx is not None and e.n_ctx < n_ctx) or e.handle.file_id != current:
             return None
         if e.in_flight > self.config.queue_depth:
             raise ServerBusyError(
@@ -319,24 +412,21 @@ class ModelPool:
             entry.handle.close()
 
     def _make_room(self, resolved: ResolvedModel, need: int) -> None:
-        """Evict idle models, least recently used first, until ``need`` more bytes fit."""
+        """Evict idle models, least recently used first, until ``need`` more bytes fit.
+
+        ``need`` is a plan's ``ram_bytes``, which the planner already fitted to this same
+        budget; here only the other loaded models' ``ram_bytes`` can be in the way.
+        """
         budget = self.budget_bytes()
-        if need > budget:
-            raise NoFitError(
-                f"{resolved.manifest.id} needs about {need // 2**20} MB but the server's "
-                f"memory budget is {budget // 2**20} MB",
-                [f"estimated {need} bytes > budget {budget} bytes"],
-                "use a smaller context (num_ctx) or quant, or raise LOCARA_MEMORY_BUDGET",
-            )
         evicted: list[_Entry] = []
         with self._lock:
-            used = sum(e.estimated_bytes for e in self._entries.values())
+            used = sum(e.ram_bytes for e in self._entries.values())
             for e in sorted(self._entries.values(), key=lambda e: e.last_used):
                 if used + need <= budget:
                     break
                 if e.in_flight == 0:
                     del self._entries[e.key]
-                    used -= e.estimated_bytes
+                    used -= e.ram_bytes
                     evicted.append(e)
             busy = used + need > budget
         for e in evicted:
@@ -352,29 +442,3 @@ class ModelPool:
                 f"no memory for {resolved.manifest.id} until a busy model finishes",
                 self.config.retry_after_s,
             )
-
-
-def estimate_bytes(resolved: ResolvedModel, n_ctx: int) -> int:
-    """Expected memory of ``resolved`` loaded with ``n_ctx``: the fit estimate, else file size."""
-    try:
-        from locara.device.fit import estimate_fit
-        from locara.device.gguf_meta import read_gguf
-
-        return int(estimate_fit(read_gguf(resolved.blob.path), n_ctx).total_bytes)
-    except (ImportError, LocaraError, OSError, ValueError) as exc:
-        log.debug("fit estimate unavailable (%s); using the file size", exc)
-        return resolved.blob.size_bytes
-
-
-def default_budget(settings: Settings) -> int:
-    """75 % of the RAM available now: room for the models, with the OS and apps left alone."""
-    try:
-        from locara.device.profile import detect_profile
-
-        available = detect_profile(settings).ram_available_bytes
-    except (ImportError, LocaraError, OSError) as exc:
-        import psutil
-
-        log.debug("device profile unavailable (%s); using psutil", exc)
-        available = psutil.virtual_memory().available
-    return int(available * 0.75)

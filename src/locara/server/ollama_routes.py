@@ -422,26 +422,46 @@ async def tags(request: Request) -> dict[str, Any]:
 
 
 def _ps_entry(m: LoadedInfo, registry: Registry) -> dict[str, Any]:
+    from dataclasses import asdict
+
     try:
         manifest: ModelManifest | None = registry.get(m.model_id)
     except LocaraError:
         manifest = None
     expires = m.expires_at if m.expires_at is not None else time.time() + 10 * 365 * 86400
+    plan = m.plan
     return {
         "name": m.model_id,
         "model": m.model_id,
         "size": m.estimated_bytes,
         "digest": m.sha256,
-        "details": _details(manifest, m.quant, "gguf"),
+        "details": _details(manifest, m.quant, plan.artifact.format if plan.artifact else "gguf"),
         "expires_at": _iso(expires),
-        "size_vram": 0,
+        "size_vram": plan.gpu_bytes,
         "context_length": m.n_ctx,
+        # Beyond Ollama's fields: what the plan decided for this load, and why.
+        "locara": {
+            "backend": m.backend,
+            "embedding": m.embedding,
+            "options": asdict(m.options),
+            "n_layers": plan.n_layers,
+            "ram_bytes": plan.ram_bytes,
+            "gpu_bytes": plan.gpu_bytes,
+            "budget_bytes": plan.budget_bytes,
+            "in_flight": m.in_flight,
+            "requests": m.requests,
+            "loaded_at": _iso(m.loaded_at),
+            "expires_at": _iso(m.expires_at) if m.expires_at is not None else None,
+            "reasons": list(plan.reasons),
+            "warnings": list(plan.warnings),
+            "overrides": list(plan.overrides),
+        },
     }
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
-    """Models loaded now, with their memory and when their keep-alive runs out."""
+    """Models loaded now: memory, offload, context, expiry, and the plan behind each."""
     svc = service(request)
     registry = Registry(svc.settings)
     return {"models": [_ps_entry(m, registry) for m in svc.pool.loaded()]}
