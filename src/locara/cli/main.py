@@ -42,6 +42,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "start": ("locara.cli.serve", "start", "Start the server in the background."),
     "stop": ("locara.cli.serve", "stop", "Stop the background server."),
     "status": ("locara.cli.serve", "status", "Server status: pid, address, uptime, models."),
+    "ps": (
+        "locara.cli.ps",
+        "ps",
+        "Models the server has loaded: backend, offload, context, memory, expiry.",
+    ),
     "token": ("locara.cli.token", "token", "Manage per-app API tokens for the server."),
     "usage": (
         "locara.cli.usage",
