@@ -65,6 +65,103 @@ if ! "$VPY" -c "import importlib.metadata as m,sys; sys.exit(m.version('llama_cp
   touch "$VENV/.llama-$KEY"
 fi
 
+# --- llama.cpp's own server, RPC worker and bench ------------------------------------
+# Locara supervises llama-server as one worker process per loaded model (continuous
+# batching over parallel slots). It is built from the llama.cpp sources vendored in the
+# same pinned llama-cpp-python sdist, so both backends run one llama.cpp commit, with the
+# wheel's platform flags. The web UI options are off: the default downloads a prebuilt UI
+# at configure time, which fails offline.
+SERVER_CMAKE_FLAGS="$CMAKE_FLAGS -DGGML_RPC=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF"
+# The build tree is deleted after the copy, so the binaries must find their shared
+# libraries relative to themselves, never through the absolute build-tree RPATH.
+if [[ "$(uname -s)" == "Darwin" ]]; then
+  SERVER_CMAKE_FLAGS="$SERVER_CMAKE_FLAGS -DCMAKE_BUILD_RPATH=@loader_path"
+else
+  SERVER_CMAKE_FLAGS="$SERVER_CMAKE_FLAGS -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"
+fi
+SERVER_TARGETS="llama-server ggml-rpc-server llama-bench"
+SERVER_KEY="$(printf '%s %s %s' "$LLAMA_VERSION" "$SERVER_CMAKE_FLAGS" "$SERVER_TARGETS" \
+  | sha256sum | cut -c1-16)"
+SERVER_DIR="$WHEELHOUSE/llama-server-$SERVER_KEY"
+# Where Locara looks at runtime (locara.backends.worker_binary): inside the virtualenv,
+# so no environment variable is needed and the venv stays self-contained.
+SERVER_INSTALL="$VENV/libexec/locara"
+
+build_llama_server() {  # builds into $SERVER_DIR/bin, atomically (a partial build never counts)
+  local work src gen jobs start seconds
+  work="$(mktemp -d)"
+  # shellcheck disable=SC2064  # expand $work now: it is local
+  trap "rm -rf '$work'" EXIT
+  log "downloading the llama-cpp-python $LLAMA_VERSION sdist for llama.cpp's sources"
+  "$VPY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$work" "llama-cpp-python==$LLAMA_VERSION"
+  tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+  src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
+
+  local cmake="cmake"
+  if ! command -v cmake >/dev/null 2>&1; then
+    log "cmake not found: installing it (and ninja) into $VENV from PyPI"
+    "$VPY" -m pip install --quiet --disable-pip-version-check cmake ninja
+    cmake="$VENV/bin/cmake"
+  fi
+  gen=()
+  if command -v ninja >/dev/null 2>&1 || [[ -x "$VENV/bin/ninja" ]]; then
+    gen=(-G Ninja)
+    [[ -x "$VENV/bin/ninja" ]] && ! command -v ninja >/dev/null 2>&1 \
+      && gen+=("-DCMAKE_MAKE_PROGRAM=$VENV/bin/ninja")
+  fi
+  jobs="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
+
+  log "building $SERVER_TARGETS with: $SERVER_CMAKE_FLAGS (7-13 minutes on 2 cores)"
+  start="$(date +%s)"
+  # shellcheck disable=SC2086  # the flags are a word list
+  "$cmake" -S "$src" -B "$work/build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+    $SERVER_CMAKE_FLAGS >"$work/configure.log" 2>&1 \
+    || { tail -n 30 "$work/configure.log" >&2; return 1; }
+  # shellcheck disable=SC2086
+  "$cmake" --build "$work/build" -j "$jobs" --target $SERVER_TARGETS
+  seconds=$(( $(date +%s) - start ))
+
+  # Binaries and their shared libraries together: the RPATH ($ORIGIN) expects them there.
+  local out="$SERVER_DIR.partial.$$"
+  rm -rf "$out" && mkdir -p "$out/bin"
+  cp -a "$work/build/bin/." "$out/bin/"
+  find "$work/build" -path "$work/build/bin" -prune -o \
+    \( -name '*.so' -o -name '*.so.*' -o -name '*.dylib' \) -print0 \
+    | xargs -0 -I{} cp -a {} "$out/bin/"
+  if command -v ldd >/dev/null 2>&1 && ldd "$out/bin/llama-server" | grep -q 'not found'; then
+    ldd "$out/bin/llama-server" >&2
+    log "llama-server does not find its shared libraries beside it"
+    return 1
+  fi
+  {
+    echo "version: $LLAMA_VERSION"
+    echo "flags: $SERVER_CMAKE_FLAGS"
+    echo "targets: $SERVER_TARGETS"
+    echo "build_seconds: $seconds"
+    "$out/bin/llama-server" --version 2>&1 | sed 's/^/llama-server: /'
+  } >"$out/BUILD_INFO"
+  rm -rf "$SERVER_DIR" && mv "$out" "$SERVER_DIR"
+  log "built llama-server in ${seconds}s into $SERVER_DIR"
+  rm -rf "$work"
+  trap - EXIT
+}
+
+if [[ "${LOCARA_SKIP_LLAMA_SERVER:-0}" != "1" ]]; then
+  if [[ ! -x "$SERVER_DIR/bin/llama-server" ]]; then
+    build_llama_server
+  fi
+  if [[ "$(cat "$SERVER_INSTALL/.key" 2>/dev/null)" != "$SERVER_KEY" ]]; then
+    log "installing llama-server into $SERVER_INSTALL"
+    rm -rf "$SERVER_INSTALL" && mkdir -p "$(dirname "$SERVER_INSTALL")"
+    cp -a "$SERVER_DIR/bin" "$SERVER_INSTALL.partial.$$"
+    cp "$SERVER_DIR/BUILD_INFO" "$SERVER_INSTALL.partial.$$/BUILD_INFO"
+    echo "$SERVER_KEY" >"$SERVER_INSTALL.partial.$$/.key"
+    mv "$SERVER_INSTALL.partial.$$" "$SERVER_INSTALL"
+  fi
+fi
+
 log "installing locara (editable) and its pinned dependencies"
 "$VPY" -m pip install --quiet --disable-pip-version-check --find-links "$WHEEL_DIR" \
   -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench}]"
