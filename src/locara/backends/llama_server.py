@@ -1,0 +1,735 @@
+"""llama.cpp's own ``llama-server`` as a supervised worker process per loaded model.
+
+The worker does what one in-process model cannot: it decodes many requests at once
+(continuous batching over ``n_parallel`` slots, each with its own ``n_ctx``). Locara
+keeps everything a user sees: prompts are rendered by Locara's sandboxed template
+renderer and tokenized here (from the GGUF's vocabulary, loaded without weights), the
+worker receives token ids on its native ``/completion`` route, and stop strings go
+through the same ``StopScanner`` as in process, so both backends answer alike.
+
+The worker listens on loopback only, with a random per-process API key, and runs
+with ``OMP_WAIT_POLICY=PASSIVE`` (see ``worker_binary.worker_environment``). A dead
+worker is noticed on the next request and started again; a request in flight when it
+dies ends with ``BackendError``. Closing a ``generate()`` iterator closes its HTTP
+stream, which makes llama-server cancel the task and free the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+from locara.backends.base import (
+    Availability,
+    Capabilities,
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    LoadOptions,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from locara.backends.chat_template import request_prompt
+from locara.backends.stops import StopScanner
+from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
+from locara.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ContextOverflowError,
+    ModelFormatError,
+    UnsupportedFeatureError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from locara.registry.manifest import ModelManifest
+
+log = logging.getLogger(__name__)
+
+_READY_POLL_S = 0.05
+_BIND_ATTEMPTS = 3
+_LOG_TAIL_BYTES = 8192
+_DEATH_GRACE_S = 2.0
+
+
+class _PortTaken(Exception):
+    """llama-server could not bind the port chosen for it."""
+
+
+class WorkerState(enum.Enum):
+    STOPPED = "stopped"  # never started, or stopped on purpose
+    STARTING = "starting"
+    READY = "ready"
+    DEAD = "dead"  # exited on its own; the next request starts it again
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker runs: the model and the plan's numbers, nothing decided here."""
+
+    model_path: Path
+    alias: str
+    n_ctx: int  # per slot; the worker's KV cache holds n_ctx * n_parallel
+    n_parallel: int = 1
+    n_threads: int = 1
+    n_gpu_layers: int = 0
+    flash_attn: bool = False
+    kv_type: str = "f16"
+    n_batch: int = 512
+    # llama-server's host-memory prompt cache defaults to 8 GiB, which no plan budgets
+    # for; off unless the caller gives it a size.
+    cache_ram_mib: int = 0
+
+    def argv(self, binary: Path, port: int) -> list[str]:
+        """The command line; the API key travels in the environment, out of ``ps``."""
+        total = self.n_ctx * self.n_parallel
+        # A quantized V cache needs flash attention (as in process); "auto" would be a
+        # decision made outside the plan, so it is always on or off.
+        fa = self.flash_attn or self.kv_type != "f16"
+        threads = str(self.n_threads)
+        return [
+            str(binary),
+            "--model", str(self.model_path),
+            "--alias", self.alias,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--threads", threads,
+            "--threads-batch", threads,
+            "--parallel", str(self.n_parallel),
+            "--ctx-size", str(total),
+            "--no-kv-unified",  # each slot owns n_ctx: the per-request limit Locara checks
+            "--n-gpu-layers", str(self.n_gpu_layers),
+            "--flash-attn", "on" if fa else "off",
+            "--cache-type-k", self.kv_type,
+            "--cache-type-v", self.kv_type,
+            "--batch-size", str(min(self.n_batch, total)),
+            "--cache-ram", str(self.cache_ram_mib),
+            "--fit", "off",  # never shrink the context or offload on its own
+            "--metrics",
+            "--no-webui",
+        ]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class LlamaServerWorker:
+    """One supervised ``llama-server`` process; thread-safe.
+
+    ``start()`` spawns it on a free loopback port and waits until it serves;
+    ``ensure_running()`` starts it again if it died; ``stop()`` ends it (SIGTERM, then
+    SIGKILL after ``stop_timeout_s``). Its output goes to ``log_path`` (appended over
+    restarts). A worker still running when the interpreter exits is stopped then.
+    """
+
+    def __init__(
+        self,
+        binary: WorkerBinary,
+        config: WorkerConfig,
+        *,
+        log_path: Path | None = None,
+        start_timeout_s: float = 300.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.binary = binary
+        self.config = config
+        if log_path is None:
+            fd, name = tempfile.mkstemp(
+                prefix=f"locara-llama-server-{config.alias}-", suffix=".log"
+            )
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.state = WorkerState.STOPPED
+        self.starts = 0
+        self.api_key = ""
+        self.base_url = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._client: httpx.Client | None = None
+        self._lock = threading.RLock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is running (checked now, not remembered)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            if self.state is WorkerState.READY:
+                self.state = WorkerState.DEAD
+            return False
+        return True
+
+    def wait_exit(self, timeout_s: float) -> bool:
+        """Whether the process exits within ``timeout_s`` (a broken stream often means it
+        is dying: the kernel closes its sockets before its exit status is visible)."""
+        proc = self._proc
+        if proc is None:
+            return True
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return not self.alive
+
+    def exit_description(self) -> str:
+        proc = self._proc
+        return _describe_exit(proc.poll() if proc is not None else None)
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client for this worker's current process (authenticated)."""
+        if self._client is None:
+            raise BackendError("the llama-server worker is not running", "load the model again")
+        return self._client
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last ``lines`` non-empty lines of the worker's log, joined with " | "."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        kept = [x.strip() for x in text.splitlines() if x.strip()]
+        return " | ".join(kept[-lines:])
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Spawn the worker and wait until it serves; BackendError (with its log) if not."""
+        with self._lock:
+            if self.alive:
+                return
+            for attempt in range(_BIND_ATTEMPTS):
+                try:
+                    self._spawn_and_wait()
+                    return
+                except _PortTaken:
+                    # The free port was taken between choosing it and llama-server
+                    # binding it; another one will do.
+                    if attempt == _BIND_ATTEMPTS - 1:
+                        raise BackendError(
+                            f"llama-server for {self.config.alias} found no free loopback port "
+                            f"in {_BIND_ATTEMPTS} attempts: {self.log_tail()}",
+                            f"see its log: {self.log_path}",
+                        ) from None
+
+    def _spawn_and_wait(self) -> None:
+        self._discard()
+        self.state = WorkerState.STARTING
+        self.starts += 1
+        self.api_key = secrets.token_urlsafe(24)
+        port = _free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        argv = self.config.argv(self.binary.path, port)
+        env = worker_environment(self.binary)
+        env["LLAMA_API_KEY"] = self.api_key
+        with self.log_path.open("ab") as logf:
+            logf.write(f"--- locara: start {self.starts}: {' '.join(argv)}\n".encode())
+            logf.flush()
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Its own session: Ctrl-C in a terminal reaches Locara, which decides
+                # (an interactive chat keeps its worker for the next turn).
+                start_new_session=True,
+            )
+        proc = self._proc
+        self._finalizer = weakref.finalize(self, _stop_process, proc, self.stop_timeout_s)
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
+            # No keep-alive: llama-server sometimes closes a connection after a
+            # streamed answer although it announced keep-alive, and the next request
+            # on it fails. A new loopback connection per request costs microseconds.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+        )
+        try:
+            self._wait_ready(proc)
+        except BaseException:
+            self._discard()
+            self.state = WorkerState.DEAD
+            raise
+        self.state = WorkerState.READY
+        log.info(
+            "llama-server for %s ready: pid %d, %s", self.config.alias, proc.pid, self.base_url
+        )
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        # /slots, not /health: it needs this worker's key, so whatever else might answer
+        # on the port cannot pass, and it answers 503 until the model is loaded.
+        deadline = time.monotonic() + self.start_timeout_s
+        client = self.client
+        while True:
+            code = proc.poll()
+            if code is not None:
+                tail = self.log_tail()
+                if "couldn't bind" in tail:
+                    raise _PortTaken
+                raise BackendError(
+                    f"llama-server for {self.config.alias} stopped while starting "
+                    f"({_describe_exit(code)}): {tail}",
+                    f"see its log: {self.log_path}",
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if client.get("/slots", timeout=5.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"llama-server for {self.config.alias} did not become ready within "
+                    f"{self.start_timeout_s:.0f} s: {self.log_tail()}",
+                    f"see its log: {self.log_path}",
+                )
+            time.sleep(_READY_POLL_S)
+
+    def ensure_running(self) -> None:
+        """Start the worker again if it died (or was never started)."""
+        if self.alive:
+            return
+        with self._lock:
+            if not self.alive:
+                if self._proc is not None:
+                    log.warning(
+                        "llama-server for %s (pid %s) %s; starting a new one; log: %s",
+                        self.config.alias, self.pid, self.exit_description(), self.log_path,
+                    )  # fmt: skip
+                self.start()
+
+    def _discard(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._finalizer is not None:
+            self._finalizer()  # stops the process if it still runs
+            self._finalizer = None
+
+    def stop(self) -> None:
+        """Stop the worker: SIGTERM, then SIGKILL if it has not exited in time."""
+        with self._lock:
+            self._discard()
+            self.state = WorkerState.STOPPED
+
+
+class _Vocab:
+    """The GGUF's tokenizer alone: llama.cpp loads the vocabulary without any weights.
+
+    Read-only after loading, so threads share it; using it after ``close()`` raises
+    instead of touching freed memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            self._model: Any = LlamaModel(path_model=str(path), params=params, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelFormatError(
+                f"llama.cpp could not read the vocabulary of {path}: {exc}",
+                "check the file with: locara cache verify --deep",
+            ) from exc
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self.add_bos = bool(self._model.add_bos_token())
+        self.bos_text = self._special_text(self._model.token_bos())
+        self.eos_text = self._special_text(self._model.token_eos())
+
+    @property
+    def _live(self) -> Any:
+        if self._model is None:
+            raise BackendError("the model was unloaded", "load the model again")
+        return self._model
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
+        return list(self._live.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def _special_text(self, tok: int) -> str:
+        if tok < 0:
+            return ""
+        return bytes(self._live.detokenize([tok], special=True)).decode("utf-8", "replace")
+
+    def is_eog(self, tok: int) -> bool:
+        return bool(self._is_eog(self._live.vocab, tok))
+
+    def close(self) -> None:
+        model, self._model = self._model, None
+        if model is not None:
+            model.close()
+
+
+class LlamaServerBackend:
+    """Loads GGUF files into a supervised llama-server worker."""
+
+    name: ClassVar[str] = "llama_server"
+    formats: ClassVar[frozenset[str]] = frozenset({"gguf"})
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self.log_dir = log_dir  # None: a temporary file per worker
+
+    def available(self) -> Availability:
+        try:
+            locate_llama_server()
+        except BackendUnavailableError as exc:
+            return Availability(False, exc.message)
+        return Availability(True)
+
+    def load(self, path: Path, manifest: ModelManifest, opts: LoadOptions) -> LlamaServerModel:
+        """Start a worker for the GGUF at ``path``; returns once it serves requests.
+
+        Everything it runs with comes from ``opts`` (the plan): ``n_parallel`` slots of
+        ``n_ctx`` tokens each, threads, GPU layers, KV type, flash attention, batch.
+        """
+        from locara.backends.llama_cpp import physical_cores
+        from locara.device.gguf_meta import read_gguf
+
+        info = read_gguf(path)  # not-GGUF and truncated files fail here, cleanly
+        if opts.embedding:
+            raise UnsupportedFeatureError(
+                "the llama-server backend does not serve embeddings yet",
+                "load embedding models with the llama_cpp backend",
+            )
+        trained = info.context_length
+        if trained and opts.n_ctx > trained:
+            raise ModelFormatError(
+                f"context {opts.n_ctx} is larger than {manifest.id}'s trained context {trained}",
+                f"pass --ctx {trained} or less",
+            )
+        binary = locate_llama_server()
+        config = WorkerConfig(
+            model_path=path,
+            alias=manifest.id,
+            n_ctx=opts.n_ctx,
+            n_parallel=opts.n_parallel,
+            n_threads=opts.n_threads or physical_cores(),
+            n_gpu_layers=opts.n_gpu_layers,
+            flash_attn=opts.flash_attn,
+            kv_type=opts.kv_type,
+            n_batch=opts.n_batch,
+        )
+        log_path = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"llama-server-{manifest.id}.log"
+        template = manifest.config.chat_template or info.chat_template
+        return LlamaServerModel(
+            LlamaServerWorker(binary, config, log_path=log_path), manifest, template
+        )
+
+
+class LlamaServerModel:
+    """A GGUF served by a llama-server worker; ``generate`` may be called from many threads.
+
+    Requests beyond ``n_parallel`` wait inside llama-server for a free slot.
+    """
+
+    def __init__(
+        self,
+        worker: LlamaServerWorker,
+        manifest: ModelManifest,
+        template: str | None,
+        *,
+        start: bool = True,
+    ) -> None:
+        self.worker = worker
+        self.manifest = manifest
+        self.template = template
+        self.n_ctx: int = worker.config.n_ctx
+        self.n_parallel = worker.config.n_parallel
+        self.capabilities = Capabilities(
+            chat=template is not None,
+            completion=True,
+            embed=False,
+            json_schema=True,
+            tools=False,
+            logprobs=True,
+        )
+        self._closed = False
+        self._vocab = _Vocab(worker.config.model_path)
+        try:
+            # llama-server stops at end-of-generation tokens itself (and still sends its
+            # final event); only other single-token stop words are watched for here.
+            stop_ids = [self._vocab.tokenize(w) for w in manifest.config.stop_tokens]
+            self._stop_ids = {
+                t[0] for t in stop_ids if len(t) == 1 and not self._vocab.is_eog(t[0])
+            }
+            if start:
+                worker.start()
+        except BaseException:
+            self._vocab.close()
+            raise
+
+    # -- tokens --------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self._vocab.tokenize(text, special=special)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def render_prompt(self, req: GenerationRequest) -> str:
+        v = self._vocab
+        return request_prompt(req, self.template, self.manifest.id, v.bos_text, v.eos_text)
+
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        """The prompt as token ids, built exactly as the in-process backend builds it."""
+        text = self.render_prompt(req)
+        add_bos = self._vocab.add_bos and not (
+            req.prompt is None and self.template and "bos_token" in self.template
+        )
+        return self._vocab.tokenize(text, add_bos=add_bos)
+
+    # -- generation ----------------------------------------------------------------
+    def generate(self, req: GenerationRequest) -> Iterator[Chunk]:
+        """Stream the answer; the last chunk has the finish reason, usage and timings.
+
+        Closing the iterator closes the HTTP stream: llama-server then cancels the task
+        and frees its slot.
+        """
+        if self._closed:
+            raise BackendError(f"{self.manifest.id} was unloaded", "load the model again")
+        req.validate()
+        tokens = self.prompt_tokens(req)
+        n_prompt = len(tokens)
+        if not tokens:
+            raise UsageError("the prompt is empty", "send a non-empty prompt")
+        if n_prompt >= self.n_ctx:
+            raise ContextOverflowError(n_prompt, req.max_tokens or 0, self.n_ctx)
+        budget = req.max_tokens if req.max_tokens is not None else self.n_ctx - n_prompt
+        if n_prompt + budget > self.n_ctx:
+            raise ContextOverflowError(n_prompt, budget, self.n_ctx)
+        yield from self._stream(req, tokens, budget)
+
+    def _body(self, req: GenerationRequest, tokens: list[int], budget: int) -> dict[str, Any]:
+        s = req.sampling
+        body: dict[str, Any] = {
+            "prompt": tokens,
+            "n_predict": budget,
+            "stream": True,
+            "cache_prompt": True,
+            "return_tokens": True,
+            "temperature": s.temperature,
+            "top_k": s.top_k,
+            "top_p": s.top_p,
+            "min_p": s.min_p,
+            "repeat_penalty": s.repeat_penalty,
+            # -1 is 0xFFFFFFFF, "random": llama-cpp-python's default seed too.
+            "seed": -1 if s.seed is None else s.seed,
+            # The StopScanner below decides what is emitted; the worker also stops on
+            # them so the slot is freed at once rather than when the stream is closed.
+            "stop": [x for x in req.stop if x],
+        }
+        if req.json_schema is not None:
+            body["json_schema"] = req.json_schema
+        if req.logprobs is not None:
+            # n_probs 0 would return no probabilities at all, not even the chosen token's.
+            body["n_probs"] = max(req.logprobs, 1)
+        return body
+
+    def _stream(self, req: GenerationRequest, tokens: list[int], budget: int) -> Iterator[Chunk]:
+        self.worker.ensure_running()
+        worker = self.worker
+        client = worker.client
+        pid = worker.pid
+        scanner = StopScanner(req.stop)
+        started = time.perf_counter()
+        first_at: float | None = None
+        n_out = 0
+        finish: FinishReason = "length"
+        final: dict[str, Any] | None = None
+        try:
+            with client.stream("POST", "/completion", json=self._body(req, tokens, budget)) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise self._refusal(resp)
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators and ":" pings
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        raise self._event_error(event["error"], req)
+                    now = time.perf_counter()
+                    ids = [int(t) for t in event.get("tokens") or ()]
+                    if ids and first_at is None:
+                        first_at = now
+                    if any(t in self._stop_ids for t in ids):
+                        finish = "stop"  # a manifest stop token llama.cpp does not call EOG
+                        break
+                    n_new = sum(1 for t in ids if not self._vocab.is_eog(t))
+                    n_out += n_new
+                    emit, hit = scanner.feed(event.get("content") or "")
+                    # The end-of-generation token arrives as an event of its own; in
+                    # process it is never counted nor given a logprob.
+                    lps = self._logprobs(event, req.logprobs) if n_new else ()
+                    if emit or (lps and not hit):
+                        yield Chunk(emit, n_out, len(tokens), now - started, logprobs=lps)
+                    if hit:
+                        finish = "stop"
+                        break
+                    if event.get("stop"):
+                        final = event
+                        finish = "length" if event.get("stop_type") == "limit" else "stop"
+                        break
+                else:
+                    raise self._broken(pid, None)
+        except httpx.HTTPError as exc:
+            raise self._broken(pid, exc) from exc
+        except json.JSONDecodeError as exc:
+            raise BackendError(
+                f"llama-server sent a malformed event: {exc}", f"see its log: {worker.log_path}"
+            ) from exc
+        tail = scanner.flush() if finish != "stop" else ""
+        end = time.perf_counter()
+        first_at = first_at or end
+        timings = (final or {}).get("timings") or {}
+        usage = Usage(len(tokens), n_out, int(timings.get("cache_n", 0)))
+        # Prompt and generation time as the worker measured them (no HTTP, no queueing);
+        # time to first token as the caller lived it (queueing for a slot included).
+        prompt_s = (
+            float(timings["prompt_ms"]) / 1000 if "prompt_ms" in timings else first_at - started
+        )
+        gen_s = (
+            float(timings["predicted_ms"]) / 1000 if "predicted_ms" in timings else end - first_at
+        )
+        yield Chunk(
+            tail, n_out, len(tokens), end - started, finish, usage,
+            Timings(prompt_s=prompt_s, generation_s=gen_s, ttft_s=first_at - started),
+        )  # fmt: skip
+
+    @staticmethod
+    def _logprobs(event: dict[str, Any], top: int | None) -> tuple[TokenLogprob, ...]:
+        if top is None:
+            return ()
+
+        def text(p: dict[str, Any]) -> str:
+            # The raw bytes, decoded as in process (a token may hold part of a character).
+            raw = p.get("bytes")
+            return bytes(raw).decode("utf-8", "replace") if raw is not None else str(p["token"])
+
+        out = []
+        for p in event.get("completion_probabilities") or ():
+            alts = tuple((text(a), float(a["logprob"])) for a in p.get("top_logprobs", ())[:top])
+            out.append(TokenLogprob(text(p), float(p["logprob"]), alts))
+        return tuple(out)
+
+    def _refusal(self, resp: httpx.Response) -> Exception:
+        try:
+            err = resp.json().get("error", {})
+            message = str(err.get("message", "")) or resp.text
+        except (ValueError, AttributeError):
+            err, message = {}, resp.text
+        message = " ".join(message.split())[:300]
+        if "json_schema" in message:
+            # "Field 'json_schema': ... conversion failed: JSON schema error at #: ..."
+            reason = message.rpartition("conversion failed:")[2].strip() or message
+            return UnsupportedFeatureError(
+                f"this JSON schema cannot be compiled to a grammar: {reason}",
+                "simplify the schema (objects, arrays, strings, numbers, enums)",
+            )
+        if err.get("type") == "exceed_context_size_error":
+            return UsageError(message, "shorten the prompt, lower --max-tokens, or raise --ctx")
+        return BackendError(
+            f"llama-server refused the request (HTTP {resp.status_code}): {message}",
+            f"see its log: {self.worker.log_path}",
+        )
+
+    def _event_error(self, err: Any, req: GenerationRequest) -> Exception:
+        message = err.get("message", err) if isinstance(err, dict) else err
+        message = " ".join(str(message).split())[:300]
+        if req.json_schema is not None and "grammar" in message:
+            # e.g. {"type": "integer", "minimum": 5, "maximum": 3}: a grammar that no
+            # text satisfies fails at the first token. The worker itself is fine.
+            return UnsupportedFeatureError(
+                f"this JSON schema cannot be satisfied: {message}",
+                "check the schema's bounds and required properties",
+            )
+        return BackendError(
+            f"llama-server failed while generating: {message}",
+            f"retry; if it persists see its log: {self.worker.log_path}",
+        )
+
+    def _broken(self, pid: int | None, exc: Exception | None) -> BackendError:
+        worker = self.worker
+        # Another request may have restarted it already (then the pid differs).
+        if worker.pid != pid or worker.wait_exit(_DEATH_GRACE_S):
+            return BackendError(
+                f"the llama-server worker (pid {pid}) died while generating "
+                f"({worker.exit_description()}); the next request starts a new one",
+                f"retry; its log: {worker.log_path}",
+            )
+        cause = f": {exc}" if exc is not None else " (the stream ended without a final event)"
+        return BackendError(
+            f"the connection to llama-server broke while generating{cause}",
+            f"retry; its log: {worker.log_path}",
+        )
+
+    # -- the rest of the protocol --------------------------------------------------
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        raise UnsupportedFeatureError(
+            "the llama-server backend does not serve embeddings yet",
+            "load embedding models with the llama_cpp backend",
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.worker.stop()
+        finally:
+            self._vocab.close()
