@@ -13,9 +13,9 @@ everything loaded fit that same budget.
 
 A model stays memory-mapped from its blob. Each acquire verifies the blob again (the
 store's stat-signature check), and a model whose file is no longer the one it was
-loaded from (rewritten, truncated, replaced) is unloaded and loaded again; when the
-store refuses the blob, models loaded from it are unloaded at once, since touching a
-page of a truncated mapping kills the process (SIGBUS).
+loaded from (rewritten, truncated, replaced) is unloaded and loaded again. When the
+store refuses the blob, models loaded from it are unloaded at once (touching a page of
+a truncated mapping kills the process with SIGBUS) and the blob is fetched again.
 
 A loaded model is one llama.cpp context: requests to it run one at a time (the
 backend serialises them), requests to different models run in parallel. Its queue
@@ -45,7 +45,7 @@ from locara.engine.loader import (
     load,
     resolve,
 )
-from locara.errors import ServerBusyError, StoreError
+from locara.errors import IntegrityError, ServerBusyError, StoreError
 from locara.planner.plan import Plan, PlanRequest
 from locara.settings import Settings
 
@@ -337,11 +337,15 @@ class ModelPool:
     def _resolve(self, reference: str | None, request: PlanRequest) -> ResolvedModel:
         try:
             return resolve(self.settings, reference, request=request, device=self.device())
-        except StoreError:
+        except StoreError as exc:
             # The store refused a blob (corrupt, truncated, gone). A model mapped from that
             # file dies (SIGBUS) on its next page fault, so unload every such model now.
             self._unload_changed_files()
-            raise
+            if not isinstance(exc, IntegrityError):
+                raise
+        # The store deleted the bad blob; fetching it again is what a first request for
+        # an unstored model does too (and offline, a clear OfflineError).
+        return resolve(self.settings, reference, request=request, device=self.device())
 
     def _unload_changed_files(self) -> None:
         closing: list[_Entry] = []
