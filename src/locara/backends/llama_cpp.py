@@ -29,7 +29,8 @@ from locara.backends.base import (
     TokenLogprob,
     Usage,
 )
-from locara.backends.chat_template import request_prompt, request_segments
+from locara.backends.chat_template import request_prompt
+from locara.backends.llama_vocab import prompt_tokens, vocab_facts
 from locara.backends.schema_guard import MAX_GRAMMAR_BYTES, check_schema, refuse
 from locara.backends.stops import StopScanner
 from locara.errors import (
@@ -138,37 +139,12 @@ class LlamaCppModel:
         )
         self._lock = threading.Lock()
         self._stop_ids = self._single_token_ids(manifest.config.stop_tokens)
-        self._specials, self._max_token_bytes = self._vocab_facts()
+        self._facts = vocab_facts(llm._model)
 
     # -- tokens --------------------------------------------------------------------
-    def _vocab_facts(self) -> tuple[frozenset[str], int]:
-        """The control tokens' texts, and the most bytes any one token stands for.
-
-        A text of more than ``n_ctx × max_token_bytes`` bytes cannot fit the context,
-        whatever it says: such input is refused before tokenizing, which costs time
-        (quadratic in the number of special-token matches) and holds no model lock.
-        """
-        import llama_cpp
-
-        vocab = self._llm._model.vocab
-        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-        specials: set[str] = set()
-        longest = 1
-        for tok in range(int(self._llm.n_vocab())):
-            piece = bytes(self._llm.detokenize([tok], special=True))
-            longest = max(longest, len(piece))
-            if llama_cpp.llama_vocab_get_attr(vocab, tok) & control and piece:
-                specials.add(piece.decode("utf-8", "replace"))
-        return frozenset(specials), longest
-
-    def check_input_size(self, text: str, n_ctx: int | None = None) -> None:
-        """Refuse text that no tokenization could fit into ``n_ctx`` tokens, before tokenizing."""
-        limit = n_ctx or self.n_ctx
-        size = len(text.encode("utf-8"))
-        if size > limit * self._max_token_bytes:
-            raise ContextOverflowError(
-                -(-size // self._max_token_bytes), 0, limit, input_bytes=size
-            )
+    def check_input_size(self, text: str) -> None:
+        """Refuse text that no tokenization could fit into the context, before tokenizing."""
+        self._facts.check_size(text, self.n_ctx)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
@@ -186,31 +162,14 @@ class LlamaCppModel:
                 ids.add(toks[0])
         return ids
 
-    def _bos_eos(self) -> tuple[str, str]:
-        def text(tok: int) -> str:
-            if tok < 0:
-                return ""
-            return bytes(self._llm.detokenize([tok], special=True)).decode("utf-8", "replace")
-
-        return text(self._llm.token_bos()), text(self._llm.token_eos())
-
     def render_prompt(self, req: GenerationRequest) -> str:
-        bos, eos = self._bos_eos()
-        return request_prompt(req, self.template, self.manifest.id, bos, eos)
+        f = self._facts
+        return request_prompt(req, self.template, self.manifest.id, f.bos_text, f.eos_text)
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
         """The request's prompt as tokens: the template's markers special, contents plain."""
-        bos, eos = self._bos_eos()
-        segments = request_segments(req, self.template, self.manifest.id, bos, eos, self._specials)
-        self.check_input_size("".join(text for text, _ in segments))
-        tokens: list[int] = []
-        if self._llm._model.add_bos_token() and not (
-            req.prompt is None and self.template and "bos_token" in self.template
-        ):
-            tokens.append(int(self._llm.token_bos()))
-        for text, special in segments:
-            tokens += self.tokenize(text, special=special)
-        return tokens
+        model = self._llm._model
+        return prompt_tokens(model, self._facts, req, self.template, self.manifest.id, self.n_ctx)
 
     # -- generation ----------------------------------------------------------------
     def generate(self, req: GenerationRequest) -> Iterator[Chunk]:

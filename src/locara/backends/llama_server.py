@@ -48,6 +48,8 @@ from locara.backends.base import (
     Usage,
 )
 from locara.backends.chat_template import request_prompt
+from locara.backends.llama_vocab import prompt_tokens, vocab_facts
+from locara.backends.schema_guard import check_schema
 from locara.backends.stops import StopScanner
 from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
 from locara.errors import (
@@ -387,9 +389,7 @@ class _Vocab:
                 "check the file with: locara cache verify --deep",
             ) from exc
         self._is_eog = llama_cpp.llama_vocab_is_eog
-        self.add_bos = bool(self._model.add_bos_token())
-        self.bos_text = self._special_text(self._model.token_bos())
-        self.eos_text = self._special_text(self._model.token_eos())
+        self.facts = vocab_facts(self._model)
 
     @property
     def _live(self) -> Any:
@@ -399,11 +399,6 @@ class _Vocab:
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
         return list(self._live.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
-
-    def _special_text(self, tok: int) -> str:
-        if tok < 0:
-            return ""
-        return bytes(self._live.detokenize([tok], special=True)).decode("utf-8", "replace")
 
     def is_eog(self, tok: int) -> bool:
         return bool(self._is_eog(self._live.vocab, tok))
@@ -520,19 +515,18 @@ class LlamaServerModel:
         return self._vocab.tokenize(text, special=special)
 
     def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as a raw prompt; refused untokenized when it cannot fit."""
+        self._vocab.facts.check_size(text, self.n_ctx)
         return len(self.tokenize(text))
 
     def render_prompt(self, req: GenerationRequest) -> str:
-        v = self._vocab
-        return request_prompt(req, self.template, self.manifest.id, v.bos_text, v.eos_text)
+        f = self._vocab.facts
+        return request_prompt(req, self.template, self.manifest.id, f.bos_text, f.eos_text)
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
         """The prompt as token ids, built exactly as the in-process backend builds it."""
-        text = self.render_prompt(req)
-        add_bos = self._vocab.add_bos and not (
-            req.prompt is None and self.template and "bos_token" in self.template
-        )
-        return self._vocab.tokenize(text, add_bos=add_bos)
+        v = self._vocab
+        return prompt_tokens(v._live, v.facts, req, self.template, self.manifest.id, self.n_ctx)
 
     # -- generation ----------------------------------------------------------------
     def generate(self, req: GenerationRequest) -> Iterator[Chunk]:
@@ -544,6 +538,8 @@ class LlamaServerModel:
         if self._closed:
             raise BackendError(f"{self.manifest.id} was unloaded", "load the model again")
         req.validate()
+        if req.json_schema is not None:
+            check_schema(req.json_schema)  # the same bounds as in process (grammar cost)
         tokens = self.prompt_tokens(req)
         n_prompt = len(tokens)
         if not tokens:
