@@ -170,6 +170,12 @@ def test_each_device_gets_the_offload_it_can_have(name: str, shared_home: Path) 
     cpu = plan_model(manifest, PROFILES[name], gguf_path_of=paths, gpu_offload=False)
     assert cpu.ok and cpu.n_gpu_layers == 0 and cpu.gpu_bytes == 0
     assert any(NO_GPU_BUILD in w for w in cpu.warnings) == (name != "cpu-8gb")
+    every = plan_model(
+        manifest, PROFILES[name], PlanRequest(n_gpu_layers=-1), gguf_path_of=paths, gpu_offload=True
+    )  # -1: every layer, as llama.cpp says it
+    assert every.n_gpu_layers == GPU_LAYERS[name] and not any(
+        "clamped" in w for w in every.warnings
+    )
     embed = plan_model(
         manifest, PROFILES[name], PlanRequest(features=frozenset({"embeddings"})),
         gguf_path_of=paths, gpu_offload=False,

@@ -324,7 +324,7 @@ def run_bench(
     samples: list[RepSample] = []
     method = "decode" if params.backend == "llama_cpp" else "generate"
     name = f"{target.manifest.id}:{target.artifact.quant or target.artifact.format}"
-    opts = LoadOptions()
+    opts: LoadOptions | None = None  # what the backend was given (the same every load)
     for rep in range(params.repetitions):
         rng = random.Random(params.seed + rep)
         base = rep * 3
@@ -347,6 +347,7 @@ def run_bench(
                 handle.close()
         samples.append(RepSample(load_s, pp_s, ttft_s, tg_s, peak[0], n_p, n_g))
     note(f"{name} done", steps, steps)
+    assert opts is not None  # repetitions >= 1 (BenchParams.validate)
     info = device or device_info(settings)
     return _result(settings, target, params, opts, samples, method, info)
 

@@ -17,6 +17,7 @@ from locara.planner.budget import GiB
 
 MIN_CTX = 512
 MAX_SLOTS = 4
+ALL_LAYERS = 2**31 - 1  # an explicit "all" (-1): clamped to the model's layer count
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from locara.planner.budget import (
     ram_budget,
 )
 from locara.planner.placement import (
+    ALL_LAYERS,
     Fitted,
     Room,
     gb,
@@ -85,8 +86,6 @@ DEFAULT_CTX = 4096
 DEFAULT_BATCH = 512
 MIN_EXPLICIT_CTX = 16  # the smallest context a caller may ask for explicitly
 KV_TYPES = ("f16", "q8_0", "q4_0")
-# Manifest backend keys -> backend names (the registry says "llamacpp").
-BACKEND_OF = {"llamacpp": "llama_cpp", "mlx": "mlx"}
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,6 @@ class _Attempt:
     shape: ModelShape
     exact: bool
     fitted: Fitted
-    why_not: str = ""
 
     @property
     def ok(self) -> bool:
@@ -326,7 +324,7 @@ def plan_model(
         ram=request.memory_budget_bytes or device_budget,
         vram=vram,
         offload=gpu_offload,
-        layers=None if layers is None or layers < 0 else layers,
+        layers=ALL_LAYERS if layers is not None and layers < 0 else layers,
     )
     pl = _Planning(
         manifest, device, request, list(bench_results), room,
@@ -382,7 +380,7 @@ def plan_model(
             fitted, why = longest_context(
                 device, backend, shape, want, room, kv_types, request.embedding, request.n_batch
             )
-            attempt = _Attempt(backend, art, shape, exact, fitted, why)
+            attempt = _Attempt(backend, art, shape, exact, fitted)
             if attempt.ok:
                 fitting.append(attempt)
             if attempt.ok and chosen is None:
