@@ -68,7 +68,7 @@ def route(
         else:
             usable.append(backend)
     if len(usable) < 2:
-        if usable:
+        if usable and not asked:  # an asked-for backend is the plan's override, said there
             out.reasons.append(f"only {usable[0]} can run this model here")
         out.order = usable
         return out
