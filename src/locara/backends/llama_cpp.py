@@ -73,6 +73,10 @@ class LlamaCppBackend:
         from locara.device.gguf_meta import read_gguf
 
         info = read_gguf(path)  # not-GGUF and truncated files fail here, cleanly
+        # OpenMP reads this once, when llama.cpp's library is first loaded: threads that
+        # sleep between tokens instead of spinning, so a busy neighbour on a small
+        # machine costs a proportional slowdown (spinning made it 50-200x).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import llama_cpp
         except ImportError as exc:

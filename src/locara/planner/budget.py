@@ -91,19 +91,16 @@ def decoding_threads(device: DeviceProfile) -> tuple[int, str]:
     """Threads for llama.cpp's decoding on ``device``, and why that many.
 
     One per performance core (hyperthreads and efficiency cores only add contention),
-    half of them on battery below 20%. llama.cpp's threads spin while they wait, so on a
-    machine with four cores or fewer one core stays free for the OS, the HTTP server and
-    its clients (FACTS.md: busy-waiting threads).
+    half of them on battery below 20%. Leaving a core free would halve decoding on a
+    2-core machine for good; instead the threads wait passively between tokens
+    (``OMP_WAIT_POLICY=PASSIVE``, set by both llama.cpp backends), so a busy neighbour
+    costs a proportional slowdown instead of spinning threads fighting it for cores.
     """
     perf = device.cores_performance or device.cores_logical or 1
-    logical = device.cores_logical or perf
     if low_battery(device):
         n = max(1, perf // 2)
         return n, f"{_threads(n)}: half of {perf} performance cores, on battery below 20%"
-    if logical <= 4 and perf > 1:
-        n = perf - 1
-        return n, f"{_threads(n)}: {logical} cores, one left free for the OS and the server"
-    return perf, f"{_threads(perf)}: one per performance core"
+    return perf, f"{_threads(perf)}: one per performance core, waiting passively between tokens"
 
 
 def _threads(n: int) -> str:
