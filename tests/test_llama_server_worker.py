@@ -166,7 +166,7 @@ def test_json_schema_constrains_and_bad_schemas_are_refused(model: LlamaServerMo
     for bad in ({"enum": []}, {"anyOf": []}, {"properties": {"a": {"$ref": "#/nope"}}}):
         # Refused by the schema bounds in Locara, or by the worker when it converts them.
         with pytest.raises(
-            UnsupportedFeatureError, match="unsupported JSON|cannot be compiled"
+            UnsupportedFeatureError, match=r"unsupported JSON|cannot be compiled"
         ) as info:
             list(model.generate(GenerationRequest(prompt="x", json_schema=bad)))
         assert "\n" not in info.value.message
