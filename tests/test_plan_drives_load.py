@@ -126,7 +126,9 @@ def handed(monkeypatch: pytest.MonkeyPatch) -> list[LoadOptions]:
             seen.append(opts)
             return self.inner.load(path, manifest, opts)
 
-    monkeypatch.setattr(registry, "_instance", lambda name: Recording(real(name)))
+    monkeypatch.setattr(
+        registry, "_instance", lambda name, log_dir=None: Recording(real(name, log_dir))
+    )
     return seen
 
 

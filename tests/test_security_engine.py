@@ -7,6 +7,7 @@ in llama.cpp) shows up as a dead process here, not as a dead test run.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,16 @@ def test_unbuildable_schema_is_a_400_and_the_server_lives(
     assert r.status_code == 400, r.text
     assert named in r.json()["error"]["message"]
     alive(server)
+
+
+@pytest.mark.parametrize(("schema", "named"), CRASHERS, ids=[str(i) for i in range(len(CRASHERS))])
+def test_in_process_backend_never_hands_a_null_grammar_to_the_sampler(
+    llama_model: LlamaCppModel, schema: dict[str, Any], named: str
+) -> None:
+    # In this process on purpose: a NULL grammar reaching the sampler would kill the run.
+    req = GenerationRequest(prompt="JSON:", max_tokens=2, json_schema=schema)
+    with pytest.raises(UnsupportedFeatureError, match=re.escape(named)):
+        list(llama_model.generate(req))
 
 
 def test_ollama_format_with_an_empty_enum_is_a_400(server: RunningServer) -> None:

@@ -49,7 +49,7 @@ from locara.backends.base import (
 )
 from locara.backends.chat_template import request_prompt
 from locara.backends.llama_vocab import prompt_tokens, vocab_facts
-from locara.backends.schema_guard import check_schema
+from locara.backends.schema_guard import check_schema, refuse
 from locara.backends.stops import StopScanner
 from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
 from locara.errors import (
@@ -592,7 +592,7 @@ class LlamaServerModel:
             with client.stream("POST", "/completion", json=self._body(req, tokens, budget)) as resp:
                 if resp.status_code != 200:
                     resp.read()
-                    raise self._refusal(resp)
+                    raise self._refusal(resp, req)
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators and ":" pings
@@ -663,7 +663,7 @@ class LlamaServerModel:
             out.append(TokenLogprob(text(p), float(p["logprob"]), alts))
         return tuple(out)
 
-    def _refusal(self, resp: httpx.Response) -> Exception:
+    def _refusal(self, resp: httpx.Response, req: GenerationRequest) -> Exception:
         try:
             err = resp.json().get("error", {})
             message = str(err.get("message", "")) or resp.text
@@ -677,6 +677,10 @@ class LlamaServerModel:
                 f"this JSON schema cannot be compiled to a grammar: {reason}",
                 "simplify the schema (objects, arrays, strings, numbers, enums)",
             )
+        if req.json_schema is not None and resp.status_code == 400 and "grammar" in message:
+            # "Failed to initialize samplers: failed to parse grammar" (e.g. a pattern
+            # like ^(|a)*$): refused like the in-process backend refuses it.
+            return refuse("$", f"llama.cpp cannot build a grammar from it ({message})")
         if err.get("type") == "exceed_context_size_error":
             return UsageError(message, "shorten the prompt, lower --max-tokens, or raise --ctx")
         return BackendError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from pathlib import Path
 
 from locara.backends.base import Availability, Backend
 from locara.errors import BackendUnavailableError, UsageError
@@ -18,11 +19,14 @@ from locara.errors import BackendUnavailableError, UsageError
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "llama_cpp": ("locara.backends.llama_cpp", "LlamaCppBackend", "./scripts/install.sh"),
     "mlx": ("locara.backends.mlx", "MlxBackend", "pip install 'locara[mlx]'"),
+    # How the llama_cpp backend runs generation when the plan says so (Plan.runtime).
+    "llama_server": ("locara.backends.llama_server", "LlamaServerBackend", "./scripts/install.sh"),
 }
 # Manifests key artifacts by "llamacpp"; users and the planner may say either.
 _ALIASES = {"llamacpp": "llama_cpp", "llama.cpp": "llama_cpp", "llama-cpp": "llama_cpp"}
 
-BACKEND_NAMES = tuple(_BACKENDS)
+# What a user may choose with --backend; llama_server is llama_cpp's runtime, not a choice.
+BACKEND_NAMES = ("llama_cpp", "mlx")
 
 
 def canonical_name(name: str) -> str:
@@ -38,9 +42,11 @@ def manifest_key(name: str) -> str:
     return "llamacpp" if canonical_name(name) == "llama_cpp" else canonical_name(name)
 
 
-def _instance(name: str) -> Backend:
+def _instance(name: str, log_dir: Path | None = None) -> Backend:
     module, cls, _ = _BACKENDS[name]
-    backend: Backend = getattr(importlib.import_module(module), cls)()
+    kind = getattr(importlib.import_module(module), cls)
+    # Worker processes write a log of their own, beside the server's.
+    backend: Backend = kind(log_dir=log_dir) if name == "llama_server" else kind()
     return backend
 
 
@@ -49,10 +55,16 @@ def availability(name: str) -> Availability:
     return _instance(canonical_name(name)).available()
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``, ready to ``load()``; raises if it cannot run here."""
-    key = canonical_name(name)
-    backend = _instance(key)
+def get_backend(name: str, log_dir: Path | None = None) -> Backend:
+    """The backend called ``name``, ready to ``load()``; raises if it cannot run here.
+
+    ``llama_server`` (the plan's runtime for llama.cpp generation) is not checked here:
+    its ``load()`` locates the binary and says what is wrong with it in one line.
+    """
+    key = name if name == "llama_server" else canonical_name(name)
+    backend = _instance(key, log_dir)
+    if key == "llama_server":
+        return backend
     status = backend.available()
     if not status.ok:
         raise BackendUnavailableError(
@@ -81,3 +93,23 @@ def llama_cpp_gpu_offload() -> bool:
     except ImportError:
         return False
     return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def llama_server_installed() -> bool:
+    """Whether llama.cpp generation runs in a llama-server worker here; never raises.
+
+    True when ``scripts/install.sh`` built a llama-server of the right version, or when
+    ``LOCARA_LLAMA_SERVER`` names one: a bad binary named there then fails the load with
+    its own one-line error rather than falling back silently (the user asked for it).
+    """
+    import os
+
+    from locara.backends.worker_binary import ENV_VAR, locate_llama_server
+
+    if os.environ.get(ENV_VAR, "").strip():
+        return True
+    try:
+        locate_llama_server()
+    except BackendUnavailableError:
+        return False
+    return True

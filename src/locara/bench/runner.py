@@ -168,6 +168,7 @@ def prepare(settings: Settings, reference: str, params: BenchParams) -> BenchTar
         n_threads=params.n_threads,
         n_batch=params.n_batch,
         n_parallel=1,  # one stream, as llama-bench measures it
+        in_process=True,  # evaluates tokens directly, without sampling, like llama-bench
     )
     resolved = resolve(settings, f"{manifest.id}@sha256:{sha}", request=request)
     plan = resolved.plan

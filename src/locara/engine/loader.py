@@ -86,7 +86,7 @@ def resolve(
     refuses it. Explicit options no plan can honour (a context beyond the trained one)
     are a UsageError here, before anything is fetched.
     """
-    from locara.backends.registry import llama_cpp_gpu_offload
+    from locara.backends.registry import llama_cpp_gpu_offload, llama_server_installed
     from locara.device.profile import current_device
     from locara.planner.plan import check_request, local_gguf_paths, plan_model
     from locara.planner.results import read_bench_results
@@ -104,10 +104,17 @@ def resolve(
     results = read_bench_results(settings.bench_results_path, device)
     paths = local_gguf_paths(settings, [manifest])
     offload = llama_cpp_gpu_offload()
+    worker = llama_server_installed()
 
     def plan_for(req: PlanRequest, gguf: dict[str, Path]) -> Plan:
         return plan_model(
-            manifest, device, req, bench_results=results, gguf_path_of=gguf, gpu_offload=offload
+            manifest,
+            device,
+            req,
+            bench_results=results,
+            gguf_path_of=gguf,
+            gpu_offload=offload,
+            llama_server=worker,
         )
 
     first = plan_for(request, paths)
@@ -183,7 +190,8 @@ def load(
     opts = opts or load_options(plan)
     name = plan.backend
     assert name is not None  # a plan that fits names its backend
-    engine = get_backend(name)
+    runtime = "llama_server" if plan.runtime == "llama-server" else name
+    engine = get_backend(runtime, log_dir=settings.logs_dir)
     if resolved.artifact.format not in engine.formats:
         raise UnsupportedFeatureError(
             f"the {name} backend cannot load {resolved.artifact.format} artifacts "

@@ -28,6 +28,7 @@ class Room:
     vram: int | None  # bytes of a discrete GPU, None without one
     offload: bool  # the backend build can put layers on a GPU
     layers: int | None = None  # explicit GPU layers; None: as many as fit
+    worker: bool = True  # llama-server is installed: llama.cpp generation can batch slots
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,11 @@ def parallel_slots(
         tokens = fitted.n_ctx * n
         return place(device, backend, shape, tokens, fitted.kv_type, fitted.n_batch, room)
 
+    if embedding:
+        return 1, p, "1 slot: an embedding load computes one input at a time"
+    if backend == "llama_cpp" and not room.worker:
+        return 1, p, "1 slot: llama.cpp in process runs one request at a time"
     if asked is None:
-        if embedding:
-            return 1, p, "1 slot: an embedding load computes one input at a time"
         if backend != "llama_cpp":
             return 1, p, "1 slot: the MLX backend runs one request at a time"
         if p.gpu_bytes:

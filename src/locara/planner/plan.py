@@ -102,6 +102,7 @@ class PlanRequest:
     n_threads: int | None = None
     n_batch: int | None = None
     n_parallel: int | None = None
+    in_process: bool = False  # llama.cpp in this process even when llama-server is there
     default_ctx: int | None = None  # the caller's default context (a server's LOCARA_CTX)
     memory_budget_bytes: int | None = None  # the operator's RAM budget (LOCARA_MEMORY_BUDGET)
 
@@ -136,6 +137,9 @@ class Plan:
     n_layers: int | None = None  # layers llama.cpp can offload (blocks + output)
     n_batch: int = DEFAULT_BATCH
     n_parallel: int = 1
+    # How llama.cpp runs it: "llama-server" (a worker process batching its slots) or
+    # "in-process" (llama-cpp-python, one request at a time); None for other backends.
+    runtime: str | None = None
     embedding: bool = False
     estimate: FitEstimate | None = None  # every slot's KV included
     ram_bytes: int = 0  # what counts against the RAM budget
@@ -180,6 +184,7 @@ class Plan:
             "n_layers": self.n_layers,
             "n_batch": self.n_batch,
             "n_parallel": self.n_parallel,
+            "runtime": self.runtime,
             "embedding": self.embedding,
             "memory": self.estimate.to_dict() if self.estimate else None,
             "ram_bytes": self.ram_bytes,
@@ -294,6 +299,7 @@ def plan_model(
     bench_results: Iterable[BenchResult] = (),
     gguf_path_of: Mapping[str, Path] | None = None,
     gpu_offload: bool = True,
+    llama_server: bool = True,
 ) -> Plan:
     """Choose how to run ``manifest`` on ``device``. Never raises for "does not fit".
 
@@ -301,6 +307,9 @@ def plan_model(
     estimate uses the real header; other artifacts are estimated from their size.
     ``gpu_offload`` says whether the llama.cpp build that will run the plan can use a
     GPU (``llama_supports_gpu_offload()``); planning for another machine assumes it can.
+    ``llama_server`` says whether llama.cpp's own server is installed to run generation
+    as a worker with parallel slots; without it llama.cpp runs in process, one request
+    at a time (planning for another machine assumes it is there).
     """
     request = request or PlanRequest()
     paths = gguf_path_of or {}
@@ -325,6 +334,7 @@ def plan_model(
         vram=vram,
         offload=gpu_offload,
         layers=ALL_LAYERS if layers is not None and layers < 0 else layers,
+        worker=llama_server and not request.in_process,
     )
     pl = _Planning(
         manifest, device, request, list(bench_results), room,
@@ -559,6 +569,26 @@ def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
         pl.overrides.append(f"batch {f.n_batch}: set explicitly")
     elif request.embedding:
         pl.reasons.append(f"batch {f.n_batch}: an embedding input is evaluated in one batch")
+    runtime = None
+    if chosen.backend == "llama_cpp":
+        if request.embedding:
+            runtime = "in-process"
+            pl.reasons.append("llama.cpp in process: embeddings are computed here, not in a worker")
+        elif request.in_process:
+            runtime = "in-process"
+            pl.overrides.append("llama.cpp in process: asked for by the caller")
+        elif pl.room.worker:
+            runtime = "llama-server"
+            pl.reasons.append(
+                "llama.cpp's own llama-server as a worker process: concurrent requests share "
+                "decode steps (continuous batching over parallel slots)"
+            )
+        else:
+            runtime = "in-process"
+            pl.warnings.append(
+                "llama-server is not installed: llama.cpp runs in process, one request at a "
+                "time (./scripts/install.sh builds it, or set LOCARA_LLAMA_SERVER)"
+            )
     n_parallel, placed, why = parallel_slots(
         device, chosen.backend, chosen.shape, f, pl.room, request.n_parallel, request.embedding
     )
@@ -592,6 +622,7 @@ def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
         n_layers=chosen.shape.n_layers + 1,
         n_batch=f.n_batch,
         n_parallel=n_parallel,
+        runtime=runtime,
         embedding=request.embedding,
         estimate=placed.estimate,
         ram_bytes=placed.ram_bytes,
