@@ -44,9 +44,10 @@ LONG = {
 def server(shared_home: Path) -> Iterator[RunningServer]:
     # What the pool's admission counts for one loaded model: its plan's RAM bytes.
     cfg = Settings.from_env({"LOCARA_HOME": str(shared_home)})
-    one = resolve(cfg, MODEL, request=PlanRequest(default_ctx=CTX)).plan.ram_bytes
+    one = resolve(cfg, MODEL, request=PlanRequest(default_ctx=CTX, n_parallel=1)).plan.ram_bytes
     env = {
         "LOCARA_QUEUE_DEPTH": "0",
+        "LOCARA_NUM_PARALLEL": "1",  # one slot: a second request waits, and there is no room
         "LOCARA_KEEP_ALIVE": "2",
         "LOCARA_CTX": str(CTX),
         "LOCARA_MEMORY_BUDGET": str(int(one * 1.5)),

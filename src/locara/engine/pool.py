@@ -17,10 +17,11 @@ loaded from (rewritten, truncated, replaced) is unloaded and loaded again. When 
 store refuses the blob, models loaded from it are unloaded at once (touching a page of
 a truncated mapping kills the process with SIGBUS) and the blob is fetched again.
 
-A loaded model is one llama.cpp context: requests to it run one at a time (the
-backend serialises them), requests to different models run in parallel. Its queue
-is bounded: beyond ``queue_depth`` waiting requests, ``acquire()`` raises
-``ServerBusyError`` at once instead of letting clients pile up.
+A loaded model runs as many requests at once as its plan has parallel slots (a
+llama-server worker batches them; llama.cpp in process runs one), requests to
+different models run in parallel. Its queue is bounded: beyond ``queue_depth``
+requests waiting for a slot, ``acquire()`` raises ``ServerBusyError`` at once instead
+of letting clients pile up.
 
 All methods are thread-safe and blocking (loading takes seconds); the server calls
 them from worker threads.
@@ -60,9 +61,10 @@ class PoolConfig:
     """How long models stay loaded, how many requests may wait, how much memory to use."""
 
     keep_alive_s: float = 300.0  # Ollama's default; < 0 means forever
-    queue_depth: int = 16  # requests waiting per model behind the running one
+    queue_depth: int = 16  # requests waiting per model for a free slot
     budget_bytes: int | None = None  # None: the planner's RAM budget for this device
     default_ctx: int = 4096  # the context of a request without num_ctx (the plan may lower it)
+    n_parallel: int | None = None  # slots per model (Ollama's NUM_PARALLEL); None: the plan's
     retry_after_s: int = 2
 
 
@@ -177,6 +179,7 @@ class ModelPool:
             features=frozenset({"embeddings"}) if embedding else frozenset(),
             default_ctx=self.config.default_ctx,
             memory_budget_bytes=self.config.budget_bytes,
+            n_parallel=None if embedding else self.config.n_parallel,
         )
         resolved = self._resolve(reference, request)
         plan = resolved.plan
@@ -306,7 +309,7 @@ class ModelPool:
             out: dict[str, int] = {}
             for e in self._entries.values():
                 mid = e.handle.resolved.manifest.id
-                out[mid] = out.get(mid, 0) + max(e.in_flight - 1, 0)
+                out[mid] = out.get(mid, 0) + max(e.in_flight - e.handle.options.n_parallel, 0)
             return out
 
     def device(self) -> DeviceProfile:
@@ -385,9 +388,10 @@ class ModelPool:
         e = self._entries.get(key)
         if e is None or (n_ctx is not None and e.n_ctx < n_ctx) or e.handle.file_id != current:
             return None
-        if e.in_flight > self.config.queue_depth:
+        waiting = e.in_flight - e.handle.options.n_parallel
+        if waiting >= self.config.queue_depth:
             raise ServerBusyError(
-                f"{e.handle.resolved.manifest.id} has {e.in_flight - 1} requests waiting "
+                f"{e.handle.resolved.manifest.id} has {waiting} requests waiting "
                 f"(limit {self.config.queue_depth})",
                 self.config.retry_after_s,
             )

@@ -63,7 +63,7 @@ class ServerConfig:
         port: int,
         env: Mapping[str, str] | None = None,
     ) -> ServerConfig:
-        """LOCARA_KEEP_ALIVE, LOCARA_QUEUE_DEPTH, LOCARA_MEMORY_BUDGET, LOCARA_CTX,
+        """LOCARA_KEEP_ALIVE, LOCARA_QUEUE_DEPTH, LOCARA_NUM_PARALLEL, LOCARA_MEMORY_BUDGET, LOCARA_CTX,
         LOCARA_CORS_ORIGINS, LOCARA_MAX_BODY_BYTES, LOCARA_MAX_TOKENS, LOCARA_ALLOWED_HOSTS."""
         env = os.environ if env is None else env
         budget = env.get("LOCARA_MEMORY_BUDGET", "").strip()
@@ -73,6 +73,7 @@ class ServerConfig:
             queue_depth=max(0, int(_number(env, "LOCARA_QUEUE_DEPTH", 16))),
             budget_bytes=int(_number(env, "LOCARA_MEMORY_BUDGET", 0)) if budget else None,
             default_ctx=max(16, int(_number(env, "LOCARA_CTX", 4096))),
+            n_parallel=int(_number(env, "LOCARA_NUM_PARALLEL", 0)) or None,
         )
         return cls(
             host=host,
