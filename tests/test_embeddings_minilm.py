@@ -175,3 +175,17 @@ def test_a_package_of_another_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError) as exc:
         resolve(settings, "all-minilm-l6-v2")
     assert "not the version this manifest was built from" in exc.value.message
+
+
+def test_an_input_of_exactly_the_context_embeds(handle: ModelHandle) -> None:
+    """count_tokens counts what embed hands llama.cpp, [CLS] and [SEP] included."""
+    from locara.errors import ContextOverflowError
+
+    model = handle.model
+    assert model.count_tokens("hello") == 3  # [CLS] hello [SEP]
+    words = model.n_ctx - 2
+    exact = " ".join(["hello"] * words)
+    assert model.count_tokens(exact) == model.n_ctx
+    assert len(model.embed([exact])[0]) == 384
+    with pytest.raises(ContextOverflowError):
+        model.embed([exact + " hello"])

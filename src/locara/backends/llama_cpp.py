@@ -154,8 +154,14 @@ class LlamaCppModel:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` as a raw prompt; refused untokenized when it cannot fit."""
+        """Tokens of ``text`` as this load uses it; refused untokenized when it cannot fit.
+
+        Loaded for embeddings: exactly what ``embed`` hands llama.cpp (the text as plain
+        text, with the BOS or BERT's [CLS] ... [SEP] added). Else: as a raw prompt.
+        """
         self.check_input_size(text)
+        if self.opts.embedding:
+            return len(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
         return len(self.tokenize(text))
 
     def _single_token_ids(self, words: tuple[str, ...]) -> set[int]:

@@ -177,8 +177,10 @@ def load(
 ) -> ModelHandle:
     """Load a resolved model the way its plan says, and record that it was used.
 
-    Surfaces pass no ``opts``: the backend gets ``load_options(resolved.plan)``. Only
-    backend tests and benchmark scripts that pin the backend's own options pass them.
+    Surfaces pass no ``opts``: the backend gets ``load_options(resolved.plan)``, and
+    llama.cpp generation runs in a llama-server worker when the plan says so. Only
+    backend tests and benchmark scripts that pin the backend's own options pass them,
+    and get the plan's backend in process.
     A plan that does not fit raises NoFitError with its reasons; a backend that is not
     installed raises BackendUnavailableError with the install command; one that cannot
     read the artifact's format is refused.
@@ -187,10 +189,13 @@ def load(
 
     plan = check_fits(resolved)
     manifest = resolved.manifest
+    # Options pinned by the caller are the in-process backend's own (tests, benchmarks of
+    # llama.cpp itself); the plan's worker runtime applies to loads the plan configures.
+    worker = plan.runtime == "llama-server" and opts is None
     opts = opts or load_options(plan)
     name = plan.backend
     assert name is not None  # a plan that fits names its backend
-    runtime = "llama_server" if plan.runtime == "llama-server" else name
+    runtime = "llama_server" if worker else name
     engine = get_backend(runtime, log_dir=settings.logs_dir)
     if resolved.artifact.format not in engine.formats:
         raise UnsupportedFeatureError(

@@ -117,11 +117,6 @@ def to_messages(raw: list[tuple[str, str]]) -> tuple[Message, ...]:
 
 # -- embedding input that fits the context ----------------------------------------------
 
-# Tokens a backend adds around each embedding input (BOS, or BERT's [CLS] ... [SEP]) that
-# count_tokens does not count; llama.cpp refuses an input whose total exceeds its batch.
-SPECIAL_TOKENS = 2
-
-
 async def fitted_inputs(lease: Lease, texts: list[str], *, truncate: bool) -> list[str]:
     """``texts`` cut (or refused) to the leased model's context, off the event loop.
 
@@ -145,7 +140,7 @@ def fit_embedding_inputs(
 
     Tokenizes (more than once when cutting): call it in a thread, never on the event loop.
     """
-    limit = max(model.n_ctx - SPECIAL_TOKENS, 1)
+    limit = model.n_ctx  # count_tokens includes the tokens added around each input
     out: list[str] = []
     for i, text in enumerate(texts):
         n = _tokens(model, text)
@@ -158,8 +153,7 @@ def fit_embedding_inputs(
             raise HTTPError(
                 400,
                 f"input {i} is {size}, more than the {limit} tokens {model_id} embeds per "
-                f"input (a {model.n_ctx}-token context, less {SPECIAL_TOKENS} for the special "
-                "tokens added around each input)",
+                "input (its context, counting the special tokens added around each input)",
                 "split the text into shorter chunks, raise num_ctx, "
                 "or (Ollama's /api/embed) leave truncate at its default, true",
                 code="context_length_exceeded",
