@@ -117,6 +117,7 @@ def to_messages(raw: list[tuple[str, str]]) -> tuple[Message, ...]:
 
 # -- embedding input that fits the context ----------------------------------------------
 
+
 async def fitted_inputs(lease: Lease, texts: list[str], *, truncate: bool) -> list[str]:
     """``texts`` cut (or refused) to the leased model's context, off the event loop.
 
