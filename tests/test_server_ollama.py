@@ -155,12 +155,13 @@ def test_ps_and_keep_alive_zero_unloads(client: ollama.Client) -> None:
     assert client.ps().models == []
     client.generate(model=MODEL, prompt="")  # Ollama's way to load a model
     loaded = client.ps().models
-    assert [m.model for m in loaded] == [MODEL]
+    assert [m.model for m in loaded] == [f"{MODEL}:latest"]  # as /api/tags names it
     assert loaded[0].size and loaded[0].expires_at and loaded[0].digest == SHA
+    assert loaded[0].details and loaded[0].details.family == "llama"  # from the GGUF
     client.chat(model=MODEL, messages=CAPITAL, options={"num_predict": 2}, keep_alive=0)
     assert client.ps().models == []
     client.generate(model=MODEL, prompt="", keep_alive="10m")
-    assert [m.model for m in client.ps().models] == [MODEL]
+    assert [m.model for m in client.ps().models] == [f"{MODEL}:latest"]
     client.generate(model=MODEL, prompt="", keep_alive=0)  # and this is how it unloads
     assert client.ps().models == []
 

@@ -451,7 +451,8 @@ async def tags(request: Request) -> dict[str, Any]:
     return {"models": await in_thread(entries, name="locara-tags")}
 
 
-def _ps_entry(m: LoadedInfo, registry: Registry) -> dict[str, Any]:
+def _ps_entry(m: LoadedInfo, registry: Registry, store: BlobStore) -> dict[str, Any]:
+    """One loaded model, in Ollama's shape plus the plan behind it. Blocking (reads GGUF)."""
     from dataclasses import asdict
 
     try:
@@ -460,18 +461,22 @@ def _ps_entry(m: LoadedInfo, registry: Registry) -> dict[str, Any]:
         manifest = None
     expires = m.expires_at if m.expires_at is not None else time.time() + 10 * 365 * 86400
     plan = m.plan
+    fmt = plan.artifact.format if plan.artifact else "gguf"
+    blob = store.find(m.sha256)
+    facts = model_facts(blob.path if blob is not None and not blob.is_tree else None, None, fmt)
     return {
-        "name": m.model_id,
-        "model": m.model_id,
+        "name": f"{m.model_id}:latest",
+        "model": f"{m.model_id}:latest",
         "size": m.estimated_bytes,
         "digest": m.sha256,
-        "details": _details(manifest, m.quant, plan.artifact.format if plan.artifact else "gguf"),
+        "details": _details(manifest, m.quant, fmt, facts or ModelFacts("", "")),
         "expires_at": _iso(expires),
         "size_vram": plan.gpu_bytes,
         "context_length": m.n_ctx,
         # Beyond Ollama's fields: what the plan decided for this load, and why.
         "locara": {
             "backend": m.backend,
+            "runtime": plan.runtime,
             "embedding": m.embedding,
             "options": asdict(m.options),
             "n_layers": plan.n_layers,
@@ -493,8 +498,10 @@ def _ps_entry(m: LoadedInfo, registry: Registry) -> dict[str, Any]:
 async def ps(request: Request) -> dict[str, Any]:
     """Models loaded now: memory, offload, context, expiry, and the plan behind each."""
     svc = service(request)
-    registry = Registry(svc.settings)
-    return {"models": [_ps_entry(m, registry) for m in svc.pool.loaded()]}
+    registry, store = Registry(svc.settings), BlobStore(svc.settings)
+    loaded = svc.pool.loaded()
+    entries = await asyncio.to_thread(lambda: [_ps_entry(m, registry, store) for m in loaded])
+    return {"models": entries}
 
 
 @router.post("/api/show")

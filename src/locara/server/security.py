@@ -37,7 +37,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/health"})
+# /health for monitors; / answers "Locara is running" (the Ollama CLI's liveness check).
+OPEN_PATHS = frozenset({"/health", "/"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # they change nothing and generate nothing
 
 
