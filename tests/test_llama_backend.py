@@ -22,6 +22,7 @@ from locara.errors import (
 from locara.settings import Settings
 
 GREEDY = Sampling(temperature=0.0, seed=1)
+UNSEEDED = Sampling(temperature=0.0)  # no seed: the prefix cache is used
 CAPITAL = (Message("user", "Name the capital city of France."),)
 
 
@@ -78,15 +79,30 @@ def test_last_chunk_carries_usage_and_timings(model: LlamaCppModel) -> None:
 def test_repeated_prompt_reuses_the_cached_prefix(model: LlamaCppModel) -> None:
     system = Message("system", "You are a terse assistant. " * 20)
     a = GenerationRequest(
-        messages=(system, Message("user", "Say one word.")), sampling=GREEDY, max_tokens=4
+        messages=(system, Message("user", "Say one word.")), sampling=UNSEEDED, max_tokens=4
     )
     b = GenerationRequest(
-        messages=(system, Message("user", "Say two words.")), sampling=GREEDY, max_tokens=4
+        messages=(system, Message("user", "Say two words.")), sampling=UNSEEDED, max_tokens=4
     )
     list(model.generate(a))
     last = list(model.generate(b))[-1]
     assert last.usage is not None
     assert last.usage.cached_tokens > 100  # the long system prompt was not recomputed
+
+
+def test_a_seed_makes_repeats_identical_and_skips_the_prefix_cache(model: LlamaCppModel) -> None:
+    """With a seed, every repeat evaluates the whole prompt: same batches, same answer."""
+    req = GenerationRequest(
+        messages=(Message("user", "Name three fruits."),), sampling=GREEDY, max_tokens=16
+    )
+    runs = [list(model.generate(req)) for _ in range(3)]
+    texts = ["".join(c.text for c in chunks) for chunks in runs]
+    assert texts[0] and texts.count(texts[0]) == 3
+    assert all(chunks[-1].usage and chunks[-1].usage.cached_tokens == 0 for chunks in runs)
+    unseeded = GenerationRequest(messages=req.messages, sampling=UNSEEDED, max_tokens=16)
+    list(model.generate(unseeded))
+    again = list(model.generate(unseeded))[-1]
+    assert again.usage is not None and again.usage.cached_tokens > 0
 
 
 def test_stop_strings_are_honoured_and_not_emitted(model: LlamaCppModel) -> None:

@@ -34,6 +34,7 @@ from locara.errors import BackendError, BackendUnavailableError, UnsupportedFeat
 from locara.settings import Settings
 
 GREEDY = Sampling(temperature=0.0, seed=1)
+UNSEEDED = Sampling(temperature=0.0)  # no seed: the prefix cache is used
 N_PARALLEL = 8
 
 
@@ -141,14 +142,31 @@ def test_logprobs_match_the_in_process_backend(
 
 def test_a_repeated_prefix_is_reported_as_cached(model: LlamaServerModel) -> None:
     system = Message("system", "You are a terse assistant. " * 10)
-    first = GenerationRequest(messages=(system, Message("user", "Say one word.")), sampling=GREEDY)
+    first = GenerationRequest(
+        messages=(system, Message("user", "Say one word.")), sampling=UNSEEDED
+    )
     second = GenerationRequest(
-        messages=(system, Message("user", "Say two words.")), sampling=GREEDY
+        messages=(system, Message("user", "Say two words.")), sampling=UNSEEDED
     )
     list(model.generate(first))
     last = list(model.generate(second))[-1]
     assert last.usage is not None
     assert last.usage.cached_tokens >= model.count_tokens(system.content)
+
+
+def test_a_seed_makes_repeats_identical_and_skips_the_prefix_cache(model: LlamaServerModel) -> None:
+    """With a seed, every repeat evaluates the whole prompt: same batches, same answer."""
+    req = GenerationRequest(
+        messages=(Message("user", "Name three fruits."),), sampling=GREEDY, max_tokens=16
+    )
+    runs = [list(model.generate(req)) for _ in range(3)]
+    texts = ["".join(c.text for c in chunks) for chunks in runs]
+    assert texts[0] and texts.count(texts[0]) == 3
+    assert all(chunks[-1].usage and chunks[-1].usage.cached_tokens == 0 for chunks in runs)
+    unseeded = GenerationRequest(messages=req.messages, sampling=UNSEEDED, max_tokens=16)
+    list(model.generate(unseeded))
+    again = list(model.generate(unseeded))[-1]
+    assert again.usage is not None and again.usage.cached_tokens > 0
 
 
 def test_json_schema_constrains_and_bad_schemas_are_refused(model: LlamaServerModel) -> None:

@@ -342,3 +342,21 @@ def test_different_models_run_in_parallel(server: RunningServer) -> None:
         # ...and the first is still generating: the second did not wait for it.
         text = httpx.get(f"{server.url}/metrics").text
         assert metric(text, "locara_in_flight_requests", model=MODEL, mode="generation") == 1
+
+
+def test_a_seed_makes_greedy_answers_repeat_exactly(client: openai.OpenAI) -> None:
+    """With a seed the prompt is evaluated whole each time: no cached prefix, same answer."""
+    answers, cached = [], []
+    for _ in range(3):
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Name three rivers of Europe."}],
+            max_tokens=24,
+            temperature=0,
+            seed=7,
+        )
+        assert r.usage is not None and r.usage.prompt_tokens_details is not None
+        answers.append(r.choices[0].message.content)
+        cached.append(r.usage.prompt_tokens_details.cached_tokens)
+    assert answers[0] and answers.count(answers[0]) == 3
+    assert cached == [0, 0, 0]

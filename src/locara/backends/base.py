@@ -39,6 +39,16 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int | None = None
 
+    @property
+    def reproducible(self) -> bool:
+        """A seed was given: the same request must give the same answer every time.
+
+        Backends then evaluate the whole prompt instead of reusing a cached prefix:
+        llama.cpp's numerics differ with the batch shape a prompt is evaluated in, so a
+        prefix-cache hit could change a greedy answer. The cost is the prompt's time.
+        """
+        return self.seed is not None
+
     @classmethod
     def of(cls, defaults: Mapping[str, Any] | None = None, **given: Any) -> Sampling:
         """A model's defaults (its manifest's ``default_params``), then what the caller set.

@@ -230,6 +230,8 @@ class LlamaCppModel:
         llm = self._llm
         s = req.sampling
         llm.set_seed(s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        if s.reproducible:
+            llm.reset()  # no prefix reuse: the whole prompt in the same batches every time
         cached = self._reusable_prefix(tokens)
         if not self._prefill(tokens, req):
             return

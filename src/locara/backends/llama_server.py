@@ -557,7 +557,11 @@ class LlamaServerModel:
             "prompt": tokens,
             "n_predict": budget,
             "stream": True,
-            "cache_prompt": True,
+            # A seed asks for the same answer request after request: the prefix cache would
+            # evaluate the prompt's tail in another batch shape than the first time, and
+            # llama.cpp's numerics differ with batch shape. So a seeded request evaluates its
+            # whole prompt (costs prompt time; see Sampling.reproducible).
+            "cache_prompt": not s.reproducible,
             "return_tokens": True,
             "temperature": s.temperature,
             "top_k": s.top_k,
