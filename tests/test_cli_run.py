@@ -322,3 +322,12 @@ def test_quantized_kv_cache_loads_and_answers(shared_home: Path) -> None:
         assert "Paris" in "".join(c.text for c in handle.model.generate(req))
     finally:
         handle.close()
+
+
+def test_run_refuses_an_embedding_model_before_converting_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    res = run_cli("run", "all-minilm-l6-v2", "Hi", home=home)
+    assert res.returncode == 1
+    assert "is an embedding model" in res.stderr and "/v1/embeddings" in res.stderr
+    # Nothing was converted or stored on the way to that refusal.
+    assert not (home / "models").exists() or not any((home / "models").glob("[0-9a-f]*"))

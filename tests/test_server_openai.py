@@ -360,3 +360,17 @@ def test_a_seed_makes_greedy_answers_repeat_exactly(client: openai.OpenAI) -> No
         cached.append(r.usage.prompt_tokens_details.cached_tokens)
     assert answers[0] and answers.count(answers[0]) == 3
     assert cached == [0, 0, 0]
+
+
+def test_chat_with_an_embedding_model_is_refused_before_loading(server: RunningServer) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "all-minilm-l6-v2", "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    assert "embedding model" in r.json()["error"]["message"]
+    loaded = httpx.get(f"{server.url}/api/ps").json()["models"]
+    assert not [
+        m for m in loaded if m["model"].startswith("all-minilm") and not m["locara"]["embedding"]
+    ]

@@ -137,7 +137,12 @@ def run(
     # Explicit options go to the planner, which applies them and says so; one session
     # needs one slot.
     request = PlanRequest(
-        n_ctx=ctx, backend=backend, n_gpu_layers=gpu_layers, n_threads=threads, n_parallel=1
+        n_ctx=ctx,
+        features=frozenset({"generation"}),
+        backend=backend,
+        n_gpu_layers=gpu_layers,
+        n_threads=threads,
+        n_parallel=1,
     )
     with byte_progress(f"storing {reference}") as progress:
         resolved = resolve(cfg, reference, progress, request=request)

@@ -176,7 +176,7 @@ class ModelPool:
         """
         request = PlanRequest(
             n_ctx=n_ctx,
-            features=frozenset({"embeddings"}) if embedding else frozenset(),
+            features=frozenset({"embeddings" if embedding else "generation"}),
             default_ctx=self.config.default_ctx,
             memory_budget_bytes=self.config.budget_bytes,
             n_parallel=None if embedding else self.config.n_parallel,

@@ -52,7 +52,7 @@ from typing import Any
 
 from locara.device.fit import FitEstimate, ModelShape
 from locara.device.profile import DeviceProfile
-from locara.errors import UsageError
+from locara.errors import UnsupportedFeatureError, UsageError
 from locara.planner.budget import (
     QUANT_ORDER,
     USABLE_TPS,
@@ -93,7 +93,7 @@ class PlanRequest:
     """What the caller needs, and the options it set explicitly (None: the plan decides)."""
 
     n_ctx: int | None = None  # tokens per slot (--ctx, num_ctx)
-    features: frozenset[str] = frozenset()  # embeddings, json_schema, …
+    features: frozenset[str] = frozenset()  # generation, embeddings, json_schema, …
     backend: str | None = None  # force "llama_cpp" or "mlx"
     quant: str | None = None  # force one quant
     sha256: str | None = None  # one artifact: pinned, or the one a load selected
@@ -208,6 +208,13 @@ def check_request(manifest: ModelManifest, request: PlanRequest) -> None:
     ``plan_model`` clamps a context beyond the trained one (``locara plan`` shows what
     would happen); a load refuses it instead, so a typo never silently runs something else.
     """
+    if "generation" in request.features and manifest.modality == "embedding":
+        # Before anything is fetched or loaded: loading it as a chat model first would
+        # only end in the same refusal, seconds (or a download) later.
+        raise UnsupportedFeatureError(
+            f"{manifest.id} is an embedding model: it does not generate text",
+            "embed with it (/v1/embeddings, /api/embed), or chat with another model: locara ls",
+        )
     trained = manifest.context_length
     n = request.n_ctx
     if n is not None and n > trained:
