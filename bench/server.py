@@ -1,30 +1,45 @@
-"""Locara's server against a direct llama.cpp loop and llama-cpp-python's own server.
+"""Locara's server against llama.cpp's own ``llama-server``, side by side in one run.
 
-One run, same model, prompt, seed, threads and context, greedy decoding:
+Locara runs generation in a ``llama-server`` worker, so the reference is that same
+binary serving the same GGUF with the same settings: Locara's plan decides threads,
+parallel slots and context per slot, and the bare ``llama-server`` is started with
+exactly those (``-t``/``-tb``, ``-np`` = the plan's slots, ``-c`` = slots x context,
+``--no-kv-unified``, and the worker's flash-attention, KV type, batch and prompt-cache
+RAM), in the worker's environment (``worker_environment``: ``OMP_WAIT_POLICY=PASSIVE``)
+and, like the worker, in a session of its own (Linux's autogroup scheduler shares the
+CPU between sessions),
+with ``cache_prompt`` on in every request (they carry no seed: Locara evaluates a
+seeded request's whole prompt). After the warm-up the script reads the
+worker's real command line and environment and stops if any of them differ, so the
+ratios measure what Locara adds (HTTP, prompt rendering, tokenizing, the pool, the
+ledger), not a setting. Greedy decoding of a counting prompt. It prints:
 
-1. generation tok/s and time to first token (TTFT) for
-   - a direct ``llama_cpp.Llama.generate`` loop in this process (the ceiling),
-   - Locara's ``/v1/completions`` streamed over HTTP (SSE),
-   - ``llama_cpp.server`` (the ``llama-cpp-python[server]`` extra) the same way,
-   with ratios against the direct loop (goal: Locara >= 0.97x);
-2. N concurrent streaming clients against each server: errors, aggregate tok/s,
-   p50/p95 TTFT;
-3. Locara's TTFT for a ~1,500-token shared system prompt, cold (a new prefix each
-   time) and warm (the prefix cache holds it).
+1. single stream: generation tok/s and time to first token (TTFT), with a bare
+   ``llama_cpp.Llama.generate`` loop in this process as a no-server reference
+   (goal: Locara / llama-server >= 0.97x);
+2. 4 and 16 concurrent streaming clients: errors, aggregate tok/s, TTFT p50/p95
+   (goals: >= 0.95x aggregate at 16 clients, 0 errors);
+3. TTFT for a ~1,500-token shared system prompt, cold (a new prefix each time) and warm
+   (the slot's prompt cache holds it);
+4. idle RSS with the model loaded: Locara's server process plus its worker, and
+   llama-server, after the warm-up and again at the end.
 
-All three are loaded at once (an idle server uses no CPU) and measured in interleaved
-rounds, so load from elsewhere on the machine hits them alike. Each figure is the
-median of ``--repeats`` rounds after a warm-up round; every round's prompt starts
-differently, so TTFT always includes prompt processing.
+Every server is loaded at once (an idle one uses no CPU) and measured in interleaved
+rounds whose order rotates, so load from elsewhere on the machine hits them alike.
+Single-stream figures are medians of ``--repeats`` rounds after a warm-up round; every
+prompt starts differently, so TTFT always includes prompt processing. The load average
+is printed before and after: numbers taken on a busy machine are noise.
 
     .venv/bin/python bench/server.py            # ~4 minutes on 2 quiet cores
-    .venv/bin/python bench/server.py --quick    # fewer repeats and clients
+    .venv/bin/python bench/server.py --quick    # ~2 minutes: fewer rounds
+    .venv/bin/python bench/server.py --llama-cpp-python-server   # + llama_cpp.server
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import statistics
@@ -32,21 +47,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 
-from locara.backends.llama_cpp import physical_cores
-from locara.engine.loader import resolve
+from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
+from locara.engine.loader import ResolvedModel, resolve
+from locara.planner.plan import Plan, PlanRequest
 from locara.settings import Settings
 
 # Greedy decoding of a counting prompt keeps going without an end-of-sequence token, so
 # every contender generates exactly the requested number of tokens.
 PROMPT = "Count from 1 to 1000, separated by commas: 1, 2, 3,"
 SYSTEM_RULE = "Rule {i}: answer briefly, cite the policy section, and never invent facts."
+LOCARA, LLAMA_SERVER, LCP_SERVER, DIRECT = (
+    "Locara",
+    "llama-server",
+    "llama_cpp.server",
+    "direct llama_cpp loop",
+)
+# Flags of Locara's worker that change what llama-server computes; the bare llama-server
+# must show the same values (checked against the worker's real command line).
+SETTINGS = (
+    "--threads", "--threads-batch", "--parallel", "--ctx-size", "--no-kv-unified",
+    "--n-gpu-layers", "--flash-attn", "--cache-type-k", "--cache-type-v", "--batch-size",
+    "--cache-ram",
+)  # fmt: skip
 
 
 @dataclass
@@ -60,6 +91,14 @@ class Run:
         return (self.tokens - 1) / self.gen_s if self.gen_s > 0 and self.tokens > 1 else 0.0
 
 
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    pid: int
+    extra: dict[str, Any] = field(default_factory=dict)  # request fields its API needs
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,21 +109,37 @@ def unique(prompt: str, i: int) -> str:
     return f"Run {i}. {prompt}"
 
 
+def rotated(items: list[Any], i: int) -> list[Any]:
+    """Round ``i``'s order: who goes first changes every round."""
+    k = i % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def tree_rss(pid: int) -> int:
+    """RSS of a process and all its descendants (Locara's server + its llama-server)."""
+    proc = psutil.Process(pid)
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
 # -- the direct loop ----------------------------------------------------------------------
 class DirectLoop:
-    """The ceiling: llama.cpp's own token loop in this process, no HTTP, no server."""
+    """No server at all: llama-cpp-python's token loop in this process."""
 
-    def __init__(self, model: Path, args: argparse.Namespace) -> None:
+    def __init__(self, model: Path, plan: Plan, args: argparse.Namespace) -> None:
         import llama_cpp
 
         self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(
             model_path=str(model),
             n_ctx=args.ctx,
-            n_batch=512,
-            n_threads=args.threads,
-            n_threads_batch=args.threads,
-            seed=args.seed,
+            n_batch=plan.n_batch,
+            n_threads=plan.n_threads,
+            n_threads_batch=plan.n_threads,
+            flash_attn=plan.flash_attn,
             verbose=False,
         )
 
@@ -115,63 +170,168 @@ class DirectLoop:
 
 # -- servers ------------------------------------------------------------------------------
 @contextmanager
-def locara_server(home: Path, args: argparse.Namespace) -> Iterator[str]:
+def locara_server(home: Path, args: argparse.Namespace) -> Iterator[Server]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCARA_")}
-    env.update({"LOCARA_HOME": str(home), "LOCARA_CTX": str(args.ctx), "LOCARA_QUEUE_DEPTH": "64"})
+    env.update(
+        {
+            "LOCARA_HOME": str(home),
+            "LOCARA_CTX": str(args.ctx),
+            "LOCARA_QUEUE_DEPTH": "64",  # 16 clients on 4 slots queue; none is refused
+            "LOCARA_KEEP_ALIVE": "-1",  # loaded until the end, for the idle RSS
+        }
+    )
+    if args.parallel:
+        env["LOCARA_NUM_PARALLEL"] = str(args.parallel)
     cmd = [sys.executable, "-m", "locara", "serve", "--port", str(port)]
-    with _process(cmd, env, f"http://127.0.0.1:{port}", "/health") as url:
-        yield url
+    with _process(LOCARA, cmd, env, f"http://127.0.0.1:{port}", "/health") as (url, pid):
+        extra = {"model": args.model} if args.model else {}
+        yield Server(LOCARA, url, pid, extra)
+
+
+def llama_server_argv(binary: WorkerBinary, model: Path, plan: Plan, port: int) -> list[str]:
+    """The bare llama-server, set up as Locara's plan sets up its worker."""
+    assert plan.n_ctx is not None and plan.n_threads is not None
+    total = plan.n_ctx * plan.n_parallel
+    threads = str(plan.n_threads)
+    fa = plan.flash_attn or plan.kv_type != "f16"  # as the worker decides it
+    return [
+        str(binary.path), "--model", str(model), "--alias", "model",
+        "--host", "127.0.0.1", "--port", str(port), "--no-webui",
+        "--threads", threads, "--threads-batch", threads,
+        "--parallel", str(plan.n_parallel), "--ctx-size", str(total),
+        # With an explicit -np llama.cpp already gives each slot its own ctx/np; said
+        # anyway, since the worker says it.
+        "--no-kv-unified",
+        "--n-gpu-layers", str(plan.n_gpu_layers),
+        # llama.cpp's defaults differ from the worker's here (flash attention "auto",
+        # batch 2048, an 8 GiB host prompt cache): the plan's values instead.
+        "--flash-attn", "on" if fa else "off",
+        "--cache-type-k", plan.kv_type, "--cache-type-v", plan.kv_type,
+        "--batch-size", str(min(plan.n_batch, total)), "--cache-ram", "0",
+    ]  # fmt: skip
 
 
 @contextmanager
-def llama_cpp_server(model: Path, args: argparse.Namespace) -> Iterator[str]:
+def llama_server(
+    binary: WorkerBinary, model: Path, plan: Plan, env: dict[str, str]
+) -> Iterator[Server]:
     port = free_port()
+    cmd = llama_server_argv(binary, model, plan, port)
+    with _process(LLAMA_SERVER, cmd, env, f"http://127.0.0.1:{port}", "/health") as (url, pid):
+        # cache_prompt is llama-server's default, and what Locara's worker always sends.
+        yield Server(LLAMA_SERVER, url, pid, {"model": "model", "cache_prompt": True})
+
+
+@contextmanager
+def llama_cpp_server(model: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Server]:
+    assert plan.n_threads is not None
+    port = free_port()
+    threads = str(plan.n_threads)
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model), "--model_alias", "model",
-        "--n_ctx", str(args.ctx), "--n_batch", "512",
-        "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-        "--seed", str(args.seed), "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", str(args.ctx), "--n_batch", str(plan.n_batch),
+        "--n_threads", threads, "--n_threads_batch", threads,
+        "--host", "127.0.0.1", "--port", str(port),
         # Its default (True) aborts a running stream whenever a new request arrives.
         "--interrupt_requests", "False",
     ]  # fmt: skip
-    with _process(cmd, dict(os.environ), f"http://127.0.0.1:{port}", "/v1/models") as url:
-        yield url
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    with _process(LCP_SERVER, cmd, env, f"http://127.0.0.1:{port}", "/v1/models") as (url, pid):
+        yield Server(LCP_SERVER, url, pid, {"model": "model"})
 
 
 @contextmanager
-def _process(cmd: list[str], env: dict[str, str], url: str, probe: str) -> Iterator[str]:
+def _process(
+    name: str, cmd: list[str], env: dict[str, str], url: str, probe: str
+) -> Iterator[tuple[str, int]]:
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session, as Locara starts its worker: Linux's autogroup scheduler shares
+        # the CPU between sessions, so a server left in this script's session (with the
+        # client and, often, the rest of the machine's work) would get a smaller share
+        # than Locara's worker on a busy machine, and the ratios would measure that.
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 180
             while True:
                 if proc.poll() is not None:
                     log.seek(0)
-                    raise SystemExit(f"{cmd[2]} exited:\n{log.read().decode(errors='replace')}")
+                    raise SystemExit(f"{name} exited:\n{log.read().decode(errors='replace')}")
                 try:
                     if httpx.get(url + probe, timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{cmd[2]} did not start")
+                    raise SystemExit(f"{name} did not start within 180 s")
                 time.sleep(0.2)
-            yield url
+            yield url, proc.pid
         finally:
             proc.terminate()
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+
+def check_same_settings(locara: Server, bare: Server) -> str:
+    """Compare Locara's worker with the bare llama-server; SystemExit if they differ."""
+    workers = [
+        p for p in psutil.Process(locara.pid).children(recursive=True) if "llama-server" in p.name()
+    ]
+    if len(workers) != 1:
+        raise SystemExit(f"expected one llama-server worker under Locara, found {len(workers)}")
+
+    def flags(argv: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i, a in enumerate(argv):
+            if a in SETTINGS:
+                valueless = a == "--no-kv-unified"
+                out[a] = "" if valueless or i + 1 == len(argv) else argv[i + 1]
+        return out
+
+    def placement(p: psutil.Process) -> dict[str, str]:
+        return {
+            "OMP_WAIT_POLICY": p.environ().get("OMP_WAIT_POLICY", "(unset)"),
+            "own session": str(os.getsid(p.pid) == p.pid),
+            "nice": str(p.nice()),
+        }
+
+    bare_proc = psutil.Process(bare.pid)
+    mine = flags(workers[0].cmdline()) | placement(workers[0])
+    theirs = flags(bare_proc.cmdline()) | placement(bare_proc)
+    diff = {k: (mine.get(k), theirs.get(k)) for k in mine.keys() | theirs.keys()}
+    diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+    if diff:
+        lines = "\n".join(
+            f"  {k}: Locara's worker {a!r}, llama-server {b!r}" for k, (a, b) in diff.items()
+        )
+        raise SystemExit(f"the two llama-servers run with different settings:\n{lines}")
+    return " ".join(f"{k} {v}".strip() for k, v in mine.items())
+
+
+# -- clients ------------------------------------------------------------------------------
+def _client(timeout_s: float, connections: int = 8) -> httpx.AsyncClient:
+    # No keep-alive, for every server alike: llama-server sometimes closes a connection
+    # after a streamed answer although it announced keep-alive (Locara's worker does
+    # the same for that reason).
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=0)
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits)
 
 
 async def stream_completion(
-    client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, args: argparse.Namespace
+    client: httpx.AsyncClient, server: Server, prompt: str, max_tokens: int
 ) -> Run:
     body = {
-        "model": "model" if "llama" in url else None,
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -179,13 +339,15 @@ async def stream_completion(
         "top_p": 1.0,
         "min_p": 0.0,
         "repeat_penalty": 1.0,  # Locara would apply the manifest's default otherwise
-        "seed": args.seed,
+        # No seed: greedy decoding needs none, and Locara evaluates a seeded request's
+        # whole prompt (no prefix cache), while llama-server is sent cache_prompt.
         "stream": True,
+        **server.extra,
     }
     started = time.perf_counter()
     first = last = 0.0
     n = 0
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+    async with client.stream("POST", f"{server.url}/v1/completions", json=body) as r:
         if r.status_code != 200:
             await r.aread()
             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
@@ -207,61 +369,53 @@ async def stream_completion(
                 if n == 1:
                     first = now
                 last = now
+    if n != max_tokens:
+        raise RuntimeError(f"short answer: {n} of {max_tokens} tokens")
     return Run(first - started, n, last - first)
 
 
-async def one_run(url: str, prompt: str, args: argparse.Namespace) -> Run:
-    async with httpx.AsyncClient(timeout=600) as client:
-        return await stream_completion(client, url, prompt, args.tokens, args)
+async def one_run(server: Server, prompt: str, args: argparse.Namespace) -> Run:
+    async with _client(600) as client:
+        return await stream_completion(client, server, prompt, args.tokens)
 
 
 @dataclass
 class Concurrency:
     errors: int
     aggregate_tps: float
-    ttft_p50: float
-    ttft_p95: float
-    tokens: int
+    ttfts: list[float]
 
 
-async def concurrent_runs(url: str, args: argparse.Namespace) -> Concurrency:
-    limits = httpx.Limits(max_connections=args.clients + 4)
-    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+async def concurrent_runs(
+    server: Server, clients: int, round_: int, args: argparse.Namespace
+) -> Concurrency:
+    async with _client(900, clients + 4) as client:
 
         async def one(i: int) -> Run | BaseException:
             try:
-                return await stream_completion(
-                    client, url, unique(PROMPT, 1000 + i), args.concurrent_tokens, args
-                )
+                prompt = unique(PROMPT, 1000 * (round_ + 1) + i)
+                return await stream_completion(client, server, prompt, args.concurrent_tokens)
             except Exception as exc:  # counted as an error, reported below
                 return exc
 
         started = time.perf_counter()
-        results = await asyncio.gather(*(one(i) for i in range(args.clients)))
+        results = await asyncio.gather(*(one(i) for i in range(clients)))
         wall = time.perf_counter() - started
     ok = [r for r in results if isinstance(r, Run)]
     errors = [r for r in results if not isinstance(r, Run)]
     for e in errors[:3]:
-        print(f"    error: {e}")
-    ttfts = sorted(r.ttft_s for r in ok) or [0.0]
+        print(f"    {server.name}, {clients} clients: error: {e!r}")
     tokens = sum(r.tokens for r in ok)
-    return Concurrency(
-        errors=len(errors),
-        aggregate_tps=tokens / wall if wall else 0.0,
-        ttft_p50=statistics.median(ttfts),
-        ttft_p95=ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
-        tokens=tokens,
-    )
+    return Concurrency(len(errors), tokens / wall if wall else 0.0, [r.ttft_s for r in ok])
 
 
-async def prefix_cache_ttft(url: str, args: argparse.Namespace) -> tuple[float, float, int]:
-    """(cold TTFT, warm TTFT, prompt tokens) for a ~1,500-token shared system prompt."""
-    rules = " ".join(SYSTEM_RULE.format(i=i) for i in range(82))
-    cold, warm = [], []
-    prompt_tokens = 0
-    async with httpx.AsyncClient(timeout=600) as client:
+async def shared_prefix_ttft(server: Server, i: int) -> tuple[float, float, int]:
+    """(cold TTFT, warm TTFT, prompt tokens) for a ~1,500-token system prompt new in round i."""
+    rules = " ".join(SYSTEM_RULE.format(i=k) for k in range(82))
+    system = f"Session {i}. You are a support agent. {rules}"
+    async with _client(600) as client:
 
-        async def ask(system: str, question: str) -> tuple[float, int]:
+        async def ask(question: str) -> tuple[float, int]:
             body = {
                 "messages": [
                     {"role": "system", "content": system},
@@ -269,29 +423,36 @@ async def prefix_cache_ttft(url: str, args: argparse.Namespace) -> tuple[float, 
                 ],
                 "max_tokens": 1,
                 "temperature": 0,
+                **server.extra,
             }
             started = time.perf_counter()
-            r = await client.post(f"{url}/v1/chat/completions", json=body)
+            r = await client.post(f"{server.url}/v1/chat/completions", json=body)
             r.raise_for_status()
             return time.perf_counter() - started, int(r.json()["usage"]["prompt_tokens"])
 
-        for i in range(args.repeats + 1):
-            system = f"Session {i}. You are a support agent. {rules}"
-            t_cold, prompt_tokens = await ask(system, "How do I reset my password?")
-            t_warm, _ = await ask(system, "How do I change my email address?")
-            if i:
-                cold.append(t_cold)
-                warm.append(t_warm)
-    return statistics.median(cold), statistics.median(warm), prompt_tokens
+        cold, n_prompt = await ask("How do I reset my password?")
+        warm, _ = await ask("How do I change my email address?")
+    return cold, warm, n_prompt
 
 
 # -- report -------------------------------------------------------------------------------
-def median_run(runs: list[Run]) -> tuple[float, float, int]:
-    return (
-        statistics.median(r.tps for r in runs),
-        statistics.median(r.ttft_s for r in runs),
-        min(r.tokens for r in runs),
-    )
+def pct(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (q=0.5 is the median of an odd count)."""
+    s = sorted(values) or [0.0]
+    return s[max(0, math.ceil(q * len(s)) - 1)]
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}x" if b else "-"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def main() -> None:
@@ -299,84 +460,183 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default=None, help="model reference (default: the default model)")
-    ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=256, help="tokens per single-stream answer")
+    ap.add_argument("--repeats", type=int, default=5, help="single-stream and prefix rounds")
+    ap.add_argument("--clients", default="4,16", help="concurrent client counts")
     ap.add_argument("--concurrent-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=physical_cores())
-    ap.add_argument("--ctx", type=int, default=4096)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--quick", action="store_true", help="2 repeats, 8 clients")
+    ap.add_argument("--concurrent-rounds", type=int, default=3)
+    ap.add_argument("--ctx", type=int, default=4096, help="context per slot (LOCARA_CTX)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="slots (LOCARA_NUM_PARALLEL; default: the plan's)",
+    )
+    ap.add_argument(
+        "--llama-cpp-python-server",
+        action="store_true",
+        help="also run llama_cpp.server (one request at a time; slow with many clients)",
+    )
+    ap.add_argument("--quick", action="store_true", help="2 repeats, 1 concurrent round")
     args = ap.parse_args()
     if args.quick:
-        args.repeats, args.clients = 2, 8
-    if args.threads != physical_cores():
-        print(f"note: Locara's server uses {physical_cores()} threads (physical cores)")
+        args.repeats, args.concurrent_rounds = 2, 1
+    client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
 
+    # libgomp reads this when llama.cpp's library is loaded (resolve() loads it): the
+    # direct loop then waits between tokens as both servers do.
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     settings = Settings.from_env()
-    resolved = resolve(settings, args.model)
+    resolved: ResolvedModel = resolve(
+        settings, args.model, request=PlanRequest(default_ctx=args.ctx, n_parallel=args.parallel)
+    )
+    plan = resolved.plan
+    if plan.runtime != "llama-server" or plan.n_ctx is None:
+        raise SystemExit(
+            f"Locara's plan runs {resolved.manifest.id} {plan.runtime or plan.backend}, "
+            "not in a llama-server worker: run ./scripts/install.sh to build llama-server"
+        )
+    binary = locate_llama_server()
     model = resolved.blob.path
     print(
-        f"model {resolved.manifest.id} ({resolved.artifact.quant}, {model.stat().st_size / 1e6:.0f} MB)"
-        f" · threads {args.threads} · ctx {args.ctx} · seed {args.seed} · greedy · "
-        f"{args.tokens} tokens · median of {args.repeats} after a warm-up"
+        f"model {resolved.manifest.id} ({resolved.artifact.quant}, "
+        f"{model.stat().st_size / 1e6:.0f} MB) · plan: {plan.n_threads} threads, "
+        f"{plan.n_parallel} slots x {plan.n_ctx} ctx · greedy"
     )
+    print(f"llama-server: {binary.path} ({binary.version})")
+    print(f"load average before: {load_average()}")
     print(f"prompt: {PROMPT!r}\n")
 
-    names = ("direct llama_cpp.Llama loop", "Locara /v1/completions SSE", "llama_cpp.server SSE")
-    runs: dict[str, list[Run]] = {n: [] for n in names}
-    conc: dict[str, Concurrency] = {}
-    direct = DirectLoop(model, args)
-    try:
-        with locara_server(settings.home, args) as loc, llama_cpp_server(model, args) as lcs:
-            contenders = {
-                names[0]: lambda prompt: direct.run(prompt, args.tokens),
-                names[1]: lambda prompt: asyncio.run(one_run(loc, prompt, args)),
-                names[2]: lambda prompt: asyncio.run(one_run(lcs, prompt, args)),
-            }
-            # Interleaved rounds: load on the machine from elsewhere hits all three alike.
-            for i in range(args.repeats + 1):
-                for name, run in contenders.items():
-                    result = run(unique(PROMPT, i))
-                    if i:  # round 0 is the warm-up (and loads Locara's model)
-                        runs[name].append(result)
-            conc["Locara"] = asyncio.run(concurrent_runs(loc, args))
-            conc["llama_cpp.server"] = asyncio.run(concurrent_runs(lcs, args))
-            cold, warm, n_prompt = asyncio.run(prefix_cache_ttft(loc, args))
-    finally:
-        direct.close()
-    results = {name: median_run(r) for name, r in runs.items()}
+    with ExitStack() as stack:
+        loc = stack.enter_context(locara_server(settings.home, args))
+        bare = stack.enter_context(llama_server(binary, model, plan, worker_environment(binary)))
+        servers = [loc, bare]
+        if args.llama_cpp_python_server:
+            servers.append(stack.enter_context(llama_cpp_server(model, plan, args)))
+        direct = DirectLoop(model, plan, args)
+        stack.callback(direct.close)
 
-    base_tps, base_ttft, _ = results["direct llama_cpp.Llama loop"]
+        def serve(s: Server) -> Callable[[str], Run]:
+            return lambda prompt: asyncio.run(one_run(s, prompt, args))
+
+        single: dict[str, Callable[[str], Run]] = {s.name: serve(s) for s in servers}
+        single[DIRECT] = lambda prompt: direct.run(prompt, args.tokens)
+        runs: dict[str, list[Run]] = {name: [] for name in single}
+        rss_start: dict[str, int] = {}
+        for i in range(args.repeats + 1):
+            for name in rotated(list(single), i):
+                result = single[name](unique(PROMPT, i))
+                if i:  # round 0 is the warm-up (and loads Locara's model)
+                    runs[name].append(result)
+            if i == 0:
+                same = check_same_settings(loc, bare)
+                print(f"both llama-servers run with: {same}\n")
+                time.sleep(1)
+                rss_start = {s.name: tree_rss(s.pid) for s in servers}
+
+        conc: dict[tuple[str, int], list[Concurrency]] = {}
+        for r in range(args.concurrent_rounds):
+            for clients in client_counts:
+                for s in rotated(servers, r):
+                    c = asyncio.run(concurrent_runs(s, clients, r, args))
+                    conc.setdefault((s.name, clients), []).append(c)
+
+        prefix: dict[str, list[tuple[float, float, int]]] = {}
+        for i in range(args.repeats + 1):
+            for s in rotated(servers[:2], i):  # llama_cpp.server keeps no prefix per slot
+                timed = asyncio.run(shared_prefix_ttft(s, i))
+                if i:  # round 0 warms the chat route
+                    prefix.setdefault(s.name, []).append(timed)
+        time.sleep(1)
+        rss_end = {s.name: tree_rss(s.pid) for s in servers}
+    print(f"load average after: {load_average()}\n")
+
+    # 1. single stream
+    med = {
+        n: (statistics.median(r.tps for r in rs), statistics.median(r.ttft_s for r in rs))
+        for n, rs in runs.items()
+    }
+    base_tps, base_ttft = med[LLAMA_SERVER]
     print(
-        f"{'single stream':32} {'gen tok/s':>10} {'vs direct':>10} {'TTFT ms':>9} {'vs direct':>10} {'tokens':>7}"
+        f"single stream, {args.tokens} tokens, median of {args.repeats}\n"
+        f"{'':24} {'gen tok/s':>10} {'/ llama-server':>15} {'TTFT ms':>9} {'/ llama-server':>15}"
     )
-    for name, (tps, ttft, n) in results.items():
+    for name, (tps, ttft) in med.items():
         print(
-            f"{name:32} {tps:10.1f} {tps / base_tps:9.3f}x {ttft * 1000:9.1f} "
-            f"{ttft / base_ttft:9.2f}x {n:7d}"
+            f"{name:24} {tps:10.1f} {ratio(tps, base_tps):>15} {ttft * 1000:9.1f}"
+            f" {ratio(ttft, base_ttft):>15}"
         )
-    loc = results["Locara /v1/completions SSE"][0] / base_tps
+    single_ratio = med[LOCARA][0] / base_tps
     print(
-        f"\nLocara / direct generation speed: {loc:.3f}x (goal >= 0.97x: {'met' if loc >= 0.97 else 'NOT met'})"
+        f"Locara / llama-server single-stream tok/s: {single_ratio:.3f}x "
+        f"(goal >= 0.97x: {verdict(single_ratio >= 0.97)})"
     )
-    ratio = results["Locara /v1/completions SSE"][0] / results["llama_cpp.server SSE"][0]
-    print(f"Locara / llama_cpp.server generation speed: {ratio:.3f}x")
 
-    print(f"\n{args.clients} concurrent streaming clients, {args.concurrent_tokens} tokens each")
-    print("(llama_cpp.server runs with --interrupt_requests False; its default aborts streams)")
+    # 2. concurrency
     print(
-        f"{'server':20} {'errors':>7} {'aggregate tok/s':>16} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12}"
+        f"\nconcurrent streaming clients, {args.concurrent_tokens} tokens each, "
+        f"{args.concurrent_rounds} round(s); aggregate: median round, TTFT: all rounds pooled"
     )
-    for name, c in conc.items():
+    print(
+        f"{'server':20} {'clients':>7} {'errors':>7} {'aggregate tok/s':>16} "
+        f"{'TTFT p50 ms':>12} {'TTFT p95 ms':>12}"
+    )
+    summary: dict[tuple[str, int], tuple[int, float, float, float]] = {}
+    for clients in client_counts:
+        for s in servers:
+            cs = conc[(s.name, clients)]
+            ttfts = [t for c in cs for t in c.ttfts]
+            row = (
+                sum(c.errors for c in cs),
+                statistics.median(c.aggregate_tps for c in cs),
+                pct(ttfts, 0.5),
+                pct(ttfts, 0.95),
+            )
+            summary[(s.name, clients)] = row
+            print(
+                f"{s.name:20} {clients:7d} {row[0]:7d} {row[1]:16.1f} "
+                f"{row[2] * 1000:12.0f} {row[3] * 1000:12.0f}"
+            )
+        a, b = summary[(LOCARA, clients)], summary[(LLAMA_SERVER, clients)]
         print(
-            f"{name:20} {c.errors:7d} {c.aggregate_tps:16.1f} {c.ttft_p50 * 1000:12.0f} {c.ttft_p95 * 1000:12.0f}"
+            f"{'Locara / llama-server':20} {clients:7d} {'':7} {ratio(a[1], b[1]):>16} "
+            f"{ratio(a[2], b[2]):>12} {ratio(a[3], b[3]):>12}"
         )
-
-    print(f"\nshared system prompt of {n_prompt} tokens (Locara, chat, 1 token out)")
-    print(f"  TTFT without prefix cache (new prefix): {cold * 1000:8.1f} ms")
+    errors = sum(v[0] for k, v in summary.items() if k[0] == LOCARA)
+    top = max(client_counts)
+    agg = summary[(LOCARA, top)][1] / summary[(LLAMA_SERVER, top)][1]
     print(
-        f"  TTFT with prefix cache (same prefix):   {warm * 1000:8.1f} ms   ({cold / warm:.1f}x faster)"
+        f"Locara / llama-server aggregate tok/s at {top} clients: {agg:.3f}x "
+        f"(goal >= 0.95x: {verdict(agg >= 0.95)}); Locara errors: {errors} "
+        f"(goal 0: {verdict(errors == 0)})"
+    )
+
+    # 3. prefix cache
+    print(f"\nshared system prompt, chat, 1 token out, median of {args.repeats}")
+    print(
+        f"{'server':20} {'prompt tokens':>13} {'cold TTFT ms':>13} {'warm TTFT ms':>13} {'cold/warm':>10}"
+    )
+    pre = {}
+    for name in (LOCARA, LLAMA_SERVER):
+        rs = prefix[name]
+        cold = statistics.median(r[0] for r in rs)
+        warm = statistics.median(r[1] for r in rs)
+        pre[name] = (cold, warm)
+        print(
+            f"{name:20} {rs[0][2]:13d} {cold * 1000:13.1f} {warm * 1000:13.1f} {cold / warm:9.1f}x"
+        )
+    (lc, lw), (sc, sw) = pre[LOCARA], pre[LLAMA_SERVER]
+    print(f"{'Locara / llama-server':20} {'':13} {ratio(lc, sc):>13} {ratio(lw, sw):>13}")
+
+    # 4. memory
+    print("\nidle RSS with the model loaded (Locara: server process + its llama-server worker)")
+    print(f"{'server':20} {'after warm-up MB':>17} {'at the end MB':>14}")
+    for s in servers:
+        print(f"{s.name:20} {rss_start[s.name] / 1e6:17.0f} {rss_end[s.name] / 1e6:14.0f}")
+    print(
+        f"{'Locara / llama-server':20} "
+        f"{ratio(rss_start[LOCARA], rss_start[LLAMA_SERVER]):>17} "
+        f"{ratio(rss_end[LOCARA], rss_end[LLAMA_SERVER]):>14}"
     )
 
 
