@@ -7,8 +7,10 @@ reason and the usage. Heavy imports (llama_cpp, mlx) happen inside ``load()``.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -19,13 +21,69 @@ if TYPE_CHECKING:
     from locara.registry.manifest import ModelManifest
 
 Role = Literal["system", "user", "assistant", "tool"]
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
+ToolMode = Literal["auto", "none", "required"]
+# OpenAI's rule for function names; llama.cpp also builds grammar rule names from them.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call an assistant made; ``arguments`` is JSON text, as OpenAI carries it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class Message:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None  # a tool result: the function that produced it
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; ``parameters`` is the JSON schema of its arguments."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """OpenAI's tool_choice: ``function`` set means that function must be called."""
+
+    mode: ToolMode = "auto"
+    function: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first piece of call ``index`` has its id and
+    name; ``arguments`` pieces concatenate to the call's JSON arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+def collect_tool_calls(deltas: Iterable[ToolCallDelta]) -> list[ToolCall]:
+    """The complete calls a stream of deltas adds up to, in index order."""
+    calls: dict[int, list[str]] = {}
+    for d in deltas:
+        call = calls.setdefault(d.index, ["", "", ""])
+        call[0] = d.id or call[0]
+        call[1] = d.name or call[1]
+        call[2] += d.arguments
+    return [
+        ToolCall(id_ or f"call_{i}", name, args) for i, (id_, name, args) in sorted(calls.items())
+    ]
 
 
 @dataclass(frozen=True)
@@ -90,6 +148,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None  # {} means "any JSON object"
     logprobs: int | None = None  # None: off; N >= 0: each token's logprob and N alternatives
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool | None = None  # None: as the chat template allows
     # Polled between batches of prompt work, so a long prompt stops soon after its client
     # went away (a generation stops between tokens anyway, when its iterator is closed).
     cancelled: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
@@ -106,7 +167,68 @@ class GenerationRequest:
                 f"invalid top_logprobs {self.logprobs}: must be in 0..20", "pass 0 to 20"
             )
         self.sampling.validate()
+        self._validate_tools()
         return self
+
+    @property
+    def uses_tools(self) -> bool:
+        """Tools are offered, or the conversation holds tool calls (which a model without
+        tool support sees as their texts only)."""
+        return bool(self.tools) or any(m.tool_calls for m in self.messages)
+
+    def _validate_tools(self) -> None:
+        names: set[str] = set()
+        for i, tool in enumerate(self.tools):
+            where = f"tools[{i}].function"
+            if not _TOOL_NAME.fullmatch(tool.name):
+                raise UsageError(
+                    f"{where}.name {tool.name!r} is not a valid function name",
+                    "use 1 to 64 letters, digits, underscores or dashes",
+                )
+            if tool.name in names:
+                raise UsageError(f"{where}.name {tool.name!r} is defined twice", "name each once")
+            names.add(tool.name)
+            if tool.parameters.get("type", "object") != "object":
+                raise UsageError(
+                    f"{where}.parameters must be a JSON schema of type object, not "
+                    f"{tool.parameters.get('type')!r}",
+                    'pass {"type": "object", "properties": {...}}',
+                )
+        choice = self.tool_choice
+        if choice.mode == "required" and not self.tools:
+            raise UsageError(
+                "tool_choice asks for a tool call but no tools were given", "pass tools"
+            )
+        if choice.function is not None and choice.function not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise UsageError(
+                f"tool_choice names the function {choice.function!r}, which is not in tools "
+                f"(given: {known})",
+                "name one of the tools, or pass tool_choice auto",
+            )
+        if self.tools and self.prompt is not None:
+            raise UsageError("tools need a chat (messages), not a raw prompt", "send messages")
+        if self.tools and self.json_schema is not None:
+            raise UsageError(
+                "tools and a response format (JSON schema) cannot be combined",
+                "omit one of them",
+            )
+        if self.tools and self.logprobs is not None:
+            raise UsageError("logprobs are not available with tools", "omit logprobs")
+        for i, m in enumerate(self.messages):
+            for j, call in enumerate(m.tool_calls):
+                where = f"messages[{i}].tool_calls[{j}].function"
+                if not call.name:
+                    raise UsageError(f"{where}.name is empty", "name the function that was called")
+                try:
+                    args = json.loads(call.arguments)
+                except ValueError:
+                    args = None
+                if not isinstance(args, dict):
+                    raise UsageError(
+                        f"{where}.arguments is not a JSON object: {call.arguments[:80]!r}",
+                        'send the arguments as JSON object text, e.g. "{}"',
+                    )
 
 
 @dataclass(frozen=True)
@@ -160,6 +282,7 @@ class Chunk:
     logprob: float | None = None
     # Per token since the previous chunk, when the request set ``logprobs``.
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,6 +294,11 @@ class Capabilities:
     tools: bool = False
     logprobs: bool = False
     lora: bool = False
+    # Why ``tools`` is False, as the refusal a client sees: (what stops it, what to do).
+    no_tools: tuple[str, str] = (
+        "this backend does not call tools",
+        "use a GGUF model, served by llama-server",
+    )
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,13 @@ class LlamaCppModel:
             json_schema=True,
             tools=False,
             logprobs=True,
+            # Tool calls are parsed by llama.cpp's server (see worker_tools), not in process.
+            no_tools=(
+                f"{manifest.id} runs in process (not in a llama-server worker), which cannot "
+                "call tools",
+                "install llama-server with ./scripts/install.sh (without "
+                "LOCARA_SKIP_LLAMA_SERVER), then load the model again",
+            ),
         )
         self._lock = threading.Lock()
         self._stop_ids = self._single_token_ids(manifest.config.stop_tokens)

@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,6 +52,7 @@ from locara.backends.llama_vocab import prompt_tokens, vocab_facts
 from locara.backends.schema_guard import check_schema, refuse
 from locara.backends.stops import StopScanner
 from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
+from locara.backends.worker_tools import chat_body, chat_chunks, check_request_text, sse_events
 from locara.errors import (
     BackendError,
     BackendUnavailableError,
@@ -70,10 +71,15 @@ _READY_POLL_S = 0.05
 _BIND_ATTEMPTS = 3
 _LOG_TAIL_BYTES = 8192
 _DEATH_GRACE_S = 2.0
+_TEMPLATE_ERROR = "failed to initialize chat template"  # llama.cpp's common/chat.cpp
 
 
 class _PortTaken(Exception):
     """llama-server could not bind the port chosen for it."""
+
+
+class _TemplateRefused(Exception):
+    """llama.cpp's template engine could not parse the model's chat template."""
 
 
 class WorkerState(enum.Enum):
@@ -99,6 +105,12 @@ class WorkerConfig:
     # llama-server's host-memory prompt cache defaults to 8 GiB, which no plan budgets
     # for; off unless the caller gives it a size.
     cache_ram_mib: int = 0
+    # The template llama.cpp renders tool requests with: a manifest's override, written
+    # to a file; None: the GGUF's own (with its "tool_use" variant, when it has one).
+    chat_template_file: Path | None = None
+    # llama.cpp could not parse the template: start with its built-in ChatML (which has
+    # no tools). Locara renders every other prompt itself, so nothing else changes.
+    chatml_fallback: bool = False
 
     def argv(self, binary: Path, port: int) -> list[str]:
         """The command line; the API key travels in the environment, out of ``ps``."""
@@ -127,7 +139,12 @@ class WorkerConfig:
             "--fit", "off",  # never shrink the context or offload on its own
             "--metrics",
             "--no-webui",
-        ]  # fmt: skip
+            "--jinja",  # the model's own template, so llama.cpp can parse its tool calls
+        ] + (
+            ["--chat-template", "chatml"] if self.chatml_fallback
+            else ["--chat-template-file", str(self.chat_template_file)] if self.chat_template_file
+            else []
+        )  # fmt: skip
 
 
 def _free_port() -> int:
@@ -254,14 +271,22 @@ class LlamaServerWorker:
         with self._lock:
             if self.alive:
                 return
-            for attempt in range(_BIND_ATTEMPTS):
+            attempt = 0
+            while True:
                 try:
                     self._spawn_and_wait()
                     return
+                except _TemplateRefused:  # raised once at most: ChatML always parses
+                    log.warning(
+                        "llama.cpp cannot parse the chat template of %s; its worker runs with "
+                        "ChatML instead (no tools); log: %s", self.config.alias, self.log_path,
+                    )  # fmt: skip
+                    self.config = replace(self.config, chatml_fallback=True)
                 except _PortTaken:
                     # The free port was taken between choosing it and llama-server
                     # binding it; another one will do.
-                    if attempt == _BIND_ATTEMPTS - 1:
+                    attempt += 1
+                    if attempt == _BIND_ATTEMPTS:
                         raise BackendError(
                             f"llama-server for {self.config.alias} found no free loopback port "
                             f"in {_BIND_ATTEMPTS} attempts: {self.log_tail()}",
@@ -324,6 +349,8 @@ class LlamaServerWorker:
                 tail = self.log_tail()
                 if "couldn't bind" in tail:
                     raise _PortTaken
+                if not self.config.chatml_fallback and _TEMPLATE_ERROR in self.log_tail(40):
+                    raise _TemplateRefused
                 raise BackendError(
                     f"llama-server for {self.config.alias} stopped while starting "
                     f"({_describe_exit(code)}): {tail}",
@@ -360,6 +387,15 @@ class LlamaServerWorker:
         if self._finalizer is not None:
             self._finalizer()  # stops the process if it still runs
             self._finalizer = None
+
+    def template_caps(self) -> dict[str, bool]:
+        """What llama.cpp found its chat template can render (``/props``): tools, tool
+        calls, system role, ... Empty when the worker does not say."""
+        try:
+            caps = self.client.get("/props", timeout=10.0).json().get("chat_template_caps")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+        return {str(k): bool(v) for k, v in caps.items()} if isinstance(caps, dict) else {}
 
     def stop(self) -> None:
         """Stop the worker: SIGTERM, then SIGKILL if it has not exited in time."""
@@ -447,6 +483,13 @@ class LlamaServerBackend:
                 f"pass --ctx {trained} or less",
             )
         binary = locate_llama_server()
+        log_path = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"llama-server-{manifest.id}.log"
+        template_file = None
+        if manifest.config.chat_template:
+            template_file = _write_template(manifest.config.chat_template, log_path, manifest.id)
         config = WorkerConfig(
             model_path=path,
             alias=manifest.id,
@@ -457,15 +500,33 @@ class LlamaServerBackend:
             flash_attn=opts.flash_attn,
             kv_type=opts.kv_type,
             n_batch=opts.n_batch,
+            chat_template_file=template_file,
         )
-        log_path = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.log_dir / f"llama-server-{manifest.id}.log"
         template = manifest.config.chat_template or info.chat_template
         return LlamaServerModel(
             LlamaServerWorker(binary, config, log_path=log_path), manifest, template
         )
+
+
+def _write_template(source: str, log_path: Path | None, model_id: str) -> Path:
+    """The manifest's chat template in a file beside the worker's log (llama-server reads
+    it from a file); written to a unique temporary name, then renamed into place."""
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"locara-template-{model_id}-", suffix=".jinja")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(source)
+        return Path(name)
+    target = log_path.with_suffix(".jinja")
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(source)
+        os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    return target
 
 
 class LlamaServerModel:
@@ -506,9 +567,27 @@ class LlamaServerModel:
             }
             if start:
                 worker.start()
+                self.capabilities = replace(self.capabilities, **self._tool_support())
         except BaseException:
             self._vocab.close()
             raise
+
+    def _tool_support(self) -> dict[str, Any]:
+        """Tools work when llama.cpp says the template renders both the tools and the
+        calls; otherwise why not, for the refusal a client sees."""
+        fix = (
+            "omit tools, or use a model whose chat template renders them "
+            "(a manifest's config.chat_template can supply one)"
+        )
+        if self.template is None:
+            return {"no_tools": (f"{self.manifest.id} has no chat template", fix)}
+        if self.worker.config.chatml_fallback:
+            why = f"llama.cpp cannot parse {self.manifest.id}'s chat template"
+            return {"no_tools": (why, f"see the worker's log: {self.worker.log_path}")}
+        caps = self.worker.template_caps()
+        if caps.get("supports_tools") and caps.get("supports_tool_calls"):
+            return {"tools": True}
+        return {"no_tools": (f"{self.manifest.id}'s chat template has no tools", fix)}
 
     # -- tokens --------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -540,6 +619,9 @@ class LlamaServerModel:
         req.validate()
         if req.json_schema is not None:
             check_schema(req.json_schema)  # the same bounds as in process (grammar cost)
+        if self._on_chat_path(req):
+            yield from self._stream_chat(req)
+            return
         tokens = self.prompt_tokens(req)
         n_prompt = len(tokens)
         if not tokens:
@@ -651,6 +733,48 @@ class LlamaServerModel:
             Timings(prompt_s=prompt_s, generation_s=gen_s, ttft_s=first_at - started),
         )  # fmt: skip
 
+    def _on_chat_path(self, req: GenerationRequest) -> bool:
+        """Tools offered, or earlier calls this model's template can render: llama.cpp's
+        chat route. (Without tool support, earlier calls are seen as their texts only.)"""
+        return bool(req.tools) or (req.uses_tools and self.capabilities.tools)
+
+    def _stream_chat(self, req: GenerationRequest) -> Iterator[Chunk]:
+        """A request with tools: llama.cpp renders, constrains and parses the calls
+        (see ``worker_tools``); the chunks are Locara's as on ``/completion``."""
+        if not self.capabilities.tools:
+            raise UnsupportedFeatureError(*self.capabilities.no_tools)
+        if req.logprobs is not None:
+            raise UsageError("logprobs are not available with tool calls", "omit logprobs")
+        for tool in req.tools:
+            check_schema(tool.parameters)  # its grammar costs what a response format's does
+        facts = self._vocab.facts
+        check_request_text(
+            req, facts.specials, self.manifest.id, lambda t: facts.check_size(t, self.n_ctx)
+        )
+        self.worker.ensure_running()
+        worker = self.worker
+        pid = worker.pid
+        body = chat_body(req, self.manifest.config.stop_tokens)
+        started = time.perf_counter()
+        try:
+            with worker.client.stream("POST", "/v1/chat/completions", json=body) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise self._refusal(resp, req)
+                yield from chat_chunks(
+                    sse_events(resp.iter_lines()),
+                    req,
+                    started,
+                    on_error=lambda err: self._event_error(err, req),
+                    on_broken=lambda: self._broken(pid, None),
+                )
+        except httpx.HTTPError as exc:
+            raise self._broken(pid, exc) from exc
+        except json.JSONDecodeError as exc:
+            raise BackendError(
+                f"llama-server sent a malformed event: {exc}", f"see its log: {worker.log_path}"
+            ) from exc
+
     @staticmethod
     def _logprobs(event: dict[str, Any], top: int | None) -> tuple[TokenLogprob, ...]:
         if top is None:
@@ -687,6 +811,11 @@ class LlamaServerModel:
             return refuse("$", f"llama.cpp cannot build a grammar from it ({message})")
         if err.get("type") == "exceed_context_size_error":
             return UsageError(message, "shorten the prompt, lower --max-tokens, or raise --ctx")
+        if resp.status_code == 400 and self._on_chat_path(req):
+            # The chat path's input (messages, tools) as llama.cpp's template saw it.
+            return UsageError(
+                f"llama.cpp refused the request: {message}", "check the messages and tools"
+            )
         return BackendError(
             f"llama-server refused the request (HTTP {resp.status_code}): {message}",
             f"see its log: {self.worker.log_path}",

@@ -114,6 +114,10 @@ class MlxModel:
             json_schema=False,
             tools=False,
             logprobs=False,
+            no_tools=(
+                f"{manifest.id} runs on MLX, which cannot call tools",
+                "run a GGUF of it with llama.cpp: --backend llama_cpp",
+            ),
         )
         self._lock = threading.Lock()
         self._stop_ids = set(eos_ids)
