@@ -92,12 +92,11 @@ def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def require_tools(lease: Lease) -> None:
-    """Refuse ``tools`` for a model whose backend or template cannot render them."""
-    if not lease.handle.model.capabilities.tools:
-        raise UnsupportedFeatureError(
-            f"{lease.handle.resolved.manifest.id}'s chat template does not support tools",
-            "omit tools, or use a model whose template renders them",
-        )
+    """Refuse ``tools`` for a model whose backend or template cannot call them (the
+    backend says why: its chat template has no tools, it runs in process, ...)."""
+    caps = lease.handle.model.capabilities
+    if not caps.tools:
+        raise UnsupportedFeatureError(*caps.no_tools)
 
 
 def to_messages(raw: list[tuple[str, str]]) -> tuple[Message, ...]:

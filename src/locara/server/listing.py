@@ -284,18 +284,19 @@ def ollama_tag(e: ModelEntry) -> dict[str, Any]:
     }
 
 
-def ollama_capabilities(manifest: ModelManifest) -> list[str]:
+def ollama_capabilities(manifest: ModelManifest, tools: bool = False) -> list[str]:
     """Ollama's capability names for what this server accepts for the model.
 
-    What the server accepts, not what the weights might do: no backend renders tools
-    yet (every backend's ``Capabilities.tools`` is False, and a request with tools is
-    refused) and image inputs are refused on every route, so "tools" and "vision" are
-    not claimed; a client that checks first never sends a request that fails.
+    What the server accepts, not what the weights might do: image inputs are refused on
+    every route, so "vision" is never claimed; "tools" only when the caller found that
+    the model's chat template renders tools and a llama-server worker (whose parser
+    reads the calls) will run it. llama.cpp's own analysis of the template, at load, has
+    the last word: a request it cannot serve is a 400 that says why.
     """
     if manifest.modality == "embedding":
         return ["embedding"]
     if manifest.modality in ("chat", "vision"):
-        return ["completion"]
+        return ["completion", "tools"] if tools else ["completion"]
     return []
 
 

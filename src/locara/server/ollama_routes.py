@@ -20,7 +20,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from locara import __version__
-from locara.backends.base import Chunk, GenerationRequest, Message, TokenLogprob
+from locara.backends.base import (
+    Chunk,
+    GenerationRequest,
+    Message,
+    TokenLogprob,
+    Tool,
+    ToolCallDelta,
+    ToolChoice,
+)
+from locara.backends.registry import llama_server_installed
 from locara.engine.loader import resolve
 from locara.engine.pool import Lease, LoadedInfo
 from locara.engine.runner import batches, in_thread
@@ -68,6 +77,7 @@ from locara.server.ollama_schema import (
 from locara.server.openai_routes import embedding_inputs
 from locara.server.service import Caller
 from locara.server.streaming import CancellableStream, ndjson
+from locara.server.tool_calls import check_tools, ollama_calls, ollama_messages, ollama_tools
 from locara.store.blobs import BlobStore
 
 router = APIRouter(tags=["ollama"])
@@ -154,6 +164,7 @@ def _request(
     messages: tuple[Message, ...] = (),
     prompt: str | None = None,
     logprobs: int | None = None,
+    tools: tuple[Tool, ...] = (),
 ) -> GenerationRequest:
     sampling = sampling_from(
         lease.handle.resolved.manifest,
@@ -172,13 +183,16 @@ def _request(
         stop=tuple(s for s in (opts.stop or ()) if s),
         json_schema=_schema(fmt),
         logprobs=logprobs,
+        tools=tools,
     ).validate()
 
 
 def _final_stats(last: Chunk, lease: Lease, started: float) -> dict[str, Any]:
     usage, timings = last.usage, last.timings
+    # Ollama says "stop" when the model ends by calling tools.
+    reason = "stop" if last.finish_reason == "tool_calls" else last.finish_reason
     return {
-        "done_reason": last.finish_reason or "stop",
+        "done_reason": reason or "stop",
         "total_duration": int((time.perf_counter() - started) * NS),
         "load_duration": int(lease.load_s * NS),
         "prompt_eval_count": usage.prompt_tokens if usage else last.prompt_tokens,
@@ -227,8 +241,13 @@ async def _generation_response(
     except StopAsyncIteration:  # pragma: no cover
         raise UsageError("the model produced nothing") from None
 
-    def piece(text: str) -> Any:
-        return {"role": "assistant", "content": text} if key == "message" else text
+    def piece(text: str, calls: list[ToolCallDelta] | None = None) -> Any:
+        if key != "message":
+            return text
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls and (tool_calls := ollama_calls(calls)):
+            message["tool_calls"] = tool_calls
+        return message
 
     want_logprobs = req.logprobs is not None
 
@@ -238,7 +257,7 @@ async def _generation_response(
         body = {
             "model": model_name,
             "created_at": _now_iso(),
-            key: piece("".join(c.text for c in chunks)),
+            key: piece("".join(c.text for c in chunks), [d for c in chunks for d in c.tool_calls]),
             "done": True,
             **_final_stats(last, lease, started),
         }
@@ -256,12 +275,24 @@ async def _generation_response(
 
     async def lines() -> AsyncIterator[bytes]:
         last = first
+        calls: list[ToolCallDelta] = []
         try:
             async for group in batches(run, first, lambda c: c.finish_reason is not None):
                 last = group[-1]
+                calls += (d for c in group for d in c.tool_calls)
                 data = b"".join(line(c) for c in group if c.text or c.logprobs)
                 if data:
                     yield data
+            if calls:
+                # As Ollama streams them: whole calls, in a message of their own.
+                yield ndjson(
+                    {
+                        "model": model_name,
+                        "created_at": _now_iso(),
+                        key: piece("", calls),
+                        "done": False,
+                    }
+                )
         except LocaraError as exc:
             yield ndjson(error_body(exc, ollama=True)[1])
             return
@@ -290,7 +321,7 @@ async def _lease_request(
     messages: tuple[Message, ...] = (),
     prompt: str | None = None,
     logprobs: int | None = None,
-    tools: bool = False,
+    tools: tuple[Tool, ...] = (),
 ) -> tuple[Lease, GenerationRequest]:
     """Lease the model and build the request; the lease is released if building fails."""
     max_tokens = _max_tokens(opts)  # a bad num_predict is refused before any loading
@@ -303,7 +334,14 @@ async def _lease_request(
             require_tools(lease)
         capped = svc.cap_tokens(max_tokens, lease)
         return lease, _request(
-            lease, opts, capped, fmt, messages=messages, prompt=prompt, logprobs=logprobs
+            lease,
+            opts,
+            capped,
+            fmt,
+            messages=messages,
+            prompt=prompt,
+            logprobs=logprobs,
+            tools=tools,
         )
     except BaseException:
         lease.release()
@@ -320,6 +358,9 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     if any(m.images for m in body.messages):
         raise UsageError("image inputs are not supported by this model", "send text only")
     messages = to_messages([(m.role, m.content) for m in body.messages])
+    messages = ollama_messages(messages, body.messages)
+    tools = ollama_tools(body.tools)
+    check_tools(messages, tools, ToolChoice())
     opts = _check_options(body.options)
     lease, req = await _lease_request(
         request,
@@ -329,7 +370,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         body.format,
         messages=messages,
         logprobs=_logprobs(body.logprobs, body.top_logprobs),
-        tools=bool(body.tools),
+        tools=tools,
     )
     name = body.model or lease.handle.resolved.manifest.id
     return await _generation_response(
@@ -533,6 +574,11 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
         }
         template = template or info.chat_template
     facts = await asyncio.to_thread(model_facts, path, source, artifact.format)
+    tools = (
+        artifact.format == "gguf"
+        and "tools" in (template or "")
+        and await asyncio.to_thread(llama_server_installed)
+    )
     params = "\n".join(f"{k} {v}" for k, v in manifest.config.default_params.items())
     params += "".join(f'\nstop "{s}"' for s in manifest.config.stop_tokens)
     return {
@@ -545,7 +591,7 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
             "stored": blob is not None,
         },
         "model_info": model_info,
-        "capabilities": ollama_capabilities(manifest),
+        "capabilities": ollama_capabilities(manifest, tools),
         "modified_at": _now_iso(),
     }
 

@@ -52,11 +52,38 @@ class Options(_Body):
     mirostat_eta: float | None = None
 
 
+class _Data(BaseModel):
+    """Conversation data a client may send back as it came: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class FunctionCall(_Data):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(_Data):
+    function: FunctionCall
+    id: str | None = None
+
+
+class ToolFunction(_Data):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Data):
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class OllamaMessage(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
     thinking: str | None = None
 
@@ -78,7 +105,7 @@ class ChatRequest(_ModelNamed):
     format: Format = None
     options: Options | None = None
     keep_alive: KeepAlive = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)

@@ -42,6 +42,14 @@ from locara.server.openai_schema import (
 )
 from locara.server.service import Caller
 from locara.server.streaming import CancellableStream, sse
+from locara.server.tool_calls import (
+    check_tools,
+    openai_calls,
+    openai_delta,
+    openai_messages,
+    openai_tool_choice,
+    openai_tools,
+)
 
 router = APIRouter(tags=["openai"])
 
@@ -95,6 +103,11 @@ def _unsupported_chat(body: ChatCompletionRequest) -> None:
         raise UsageError("web search is not supported", "omit web_search_options")
     if body.moderation is not None:
         raise UsageError("moderation is not supported", "omit moderation")
+    if body.functions or body.function_call is not None:
+        raise UsageError(
+            "functions and function_call (deprecated by OpenAI) are not supported",
+            "pass tools and tool_choice instead",
+        )
 
 
 def _schema_of(body: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -198,7 +211,7 @@ async def _sse_events(
     try:
         async for group in batches(run, first, _is_last):
             last = group[-1]
-            data = b"".join(content(c) for c in group if c.text or c.logprobs)
+            data = b"".join(content(c) for c in group if c.text or c.logprobs or c.tool_calls)
             if data:
                 yield data
     except Exception as exc:
@@ -218,11 +231,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     _unsupported_common(body)
     _unsupported_chat(body)
     messages = to_messages([(m.role, _text_of(m)) for m in body.messages])
+    messages = openai_messages(messages, body.messages)
+    tools, tool_choice = openai_tools(body.tools), openai_tool_choice(body.tool_choice)
+    check_tools(messages, tools, tool_choice)
     schema = _schema_of(body)
     keep_alive = parse_keep_alive(body.keep_alive)
     lease = await svc.lease(body.model, caller, n_ctx=body.num_ctx, keep_alive_s=keep_alive)
     try:
-        if body.tools or body.functions:
+        if tools:
             require_tools(lease)
         req = GenerationRequest(
             messages=messages,
@@ -231,6 +247,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             stop=stop_tuple(body.stop),
             json_schema=schema,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls,
         ).validate()
     except BaseException:
         lease.release()
@@ -245,13 +264,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         chunks = await svc.collect(run, first, request)
         last = chunks[-1]
         lps = tuple(t for c in chunks for t in c.logprobs)
+        calls = openai_calls([d for c in chunks for d in c.tool_calls])
+        text = "".join(c.text for c in chunks)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not calls else None,  # null beside calls, as OpenAI
+            "refusal": None,
+        }
+        if calls:
+            message["tool_calls"] = calls
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": "".join(c.text for c in chunks),
-                "refusal": None,
-            },
+            "message": message,
             "finish_reason": last.finish_reason or "stop",
             "logprobs": {"content": _chat_logprobs(lps), "refusal": None}
             if req.logprobs is not None
@@ -293,6 +317,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     head, _, tail = event({"content": "\x00"}, None, None).partition(b'"\\u0000"')
 
     def content(c: Chunk) -> bytes:
+        if c.tool_calls:
+            text = event({"content": c.text}, None, None) if c.text else b""
+            return text + event({"tool_calls": openai_delta(c.tool_calls)}, None, None)
         if req.logprobs is not None:
             return event({"content": c.text}, None, c)
         return head + json.dumps(c.text).encode() + tail

@@ -73,11 +73,25 @@ ContentPart = Annotated[
 ]
 
 
+class FunctionCall(_Data):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Data):
+    """A call in an assistant message (a previous response's ``tool_calls``)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Data):
     """A message of any role, with every field OpenAI documents for one.
 
-    Only ``role`` and the text of ``content`` (or of ``refusal``) reach the model: the
-    others (a name, earlier tool calls, audio, annotations) do not apply to a local chat
+    ``role``, the text of ``content`` (or of ``refusal``), an assistant's ``tool_calls``
+    and a tool result's ``tool_call_id`` reach the model (the calls only for a model
+    that takes tools); the others (audio, annotations) do not apply to a local chat
     template and are accepted so that a previous response can be sent back as it came.
     """
 
@@ -87,7 +101,7 @@ class ChatMessage(_Data):
     refusal: str | None = None
     audio: dict[str, Any] | None = None
     function_call: dict[str, Any] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     annotations: list[dict[str, Any]] | None = None
 
@@ -137,6 +151,20 @@ class Tool(_Body):
     function: FunctionDef
 
 
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    """``tool_choice`` naming the one function the model must call."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoiceParam = Literal["auto", "none", "required"] | NamedToolChoice | None
+
+
 Stop = str | list[str] | None
 KeepAlive = float | str | None
 
@@ -168,7 +196,7 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: ToolChoiceParam = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDef] | None = None  # the deprecated form of tools
     function_call: str | dict[str, Any] | None = None
