@@ -285,6 +285,14 @@ class Chunk:
     tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
+def cancelled_chunk(prompt_tokens: int, cached: int, elapsed_s: float) -> Chunk:
+    """The last chunk of a request cancelled before its first token (during the prompt)."""
+    return Chunk(
+        "", 0, prompt_tokens, elapsed_s, "cancelled", Usage(prompt_tokens, 0, cached),
+        Timings(prompt_s=elapsed_s, generation_s=0.0, ttft_s=elapsed_s),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Capabilities:
     chat: bool = True

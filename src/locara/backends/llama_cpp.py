@@ -28,6 +28,7 @@ from locara.backends.base import (
     Timings,
     TokenLogprob,
     Usage,
+    cancelled_chunk,
 )
 from locara.backends.chat_template import request_prompt
 from locara.backends.llama_vocab import prompt_tokens, vocab_facts
@@ -240,12 +241,13 @@ class LlamaCppModel:
         if s.reproducible:
             llm.reset()  # no prefix reuse: the whole prompt in the same batches every time
         cached = self._reusable_prefix(tokens)
+        started = time.perf_counter()
         if not self._prefill(tokens, req):
+            yield cancelled_chunk(len(tokens), cached, time.perf_counter() - started)
             return
         scanner = StopScanner(req.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
-        started = time.perf_counter()
         first_at: float | None = None
         n_out = 0
         finish: FinishReason = "length"

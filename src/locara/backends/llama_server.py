@@ -46,6 +46,7 @@ from locara.backends.base import (
     Timings,
     TokenLogprob,
     Usage,
+    cancelled_chunk,
 )
 from locara.backends.chat_template import request_prompt
 from locara.backends.llama_vocab import prompt_tokens, vocab_facts
@@ -71,7 +72,12 @@ _READY_POLL_S = 0.05
 _BIND_ATTEMPTS = 3
 _LOG_TAIL_BYTES = 8192
 _DEATH_GRACE_S = 2.0
-_TEMPLATE_ERROR = "failed to initialize chat template"  # llama.cpp's common/chat.cpp
+# What llama.cpp says when it cannot parse a template, or parses it but fails to render
+# its test conversation at start-up (common/chat.cpp, tools/server).
+_TEMPLATE_ERRORS = (
+    "failed to initialize chat template",
+    "the supplied chat template is not supported",
+)
 
 
 class _PortTaken(Exception):
@@ -349,7 +355,8 @@ class LlamaServerWorker:
                 tail = self.log_tail()
                 if "couldn't bind" in tail:
                     raise _PortTaken
-                if not self.config.chatml_fallback and _TEMPLATE_ERROR in self.log_tail(40):
+                said = self.log_tail(40)
+                if not self.config.chatml_fallback and any(e in said for e in _TEMPLATE_ERRORS):
                     raise _TemplateRefused
                 raise BackendError(
                     f"llama-server for {self.config.alias} stopped while starting "
@@ -645,6 +652,9 @@ class LlamaServerModel:
             # whole prompt (costs prompt time; see Sampling.reproducible).
             "cache_prompt": not s.reproducible,
             "return_tokens": True,
+            # An event per batch of prompt work: a request whose client went away is seen
+            # (and its stream closed) within a batch, not after the whole prompt.
+            "return_progress": True,
             "temperature": s.temperature,
             "top_k": s.top_k,
             "top_p": s.top_p,
@@ -682,7 +692,14 @@ class LlamaServerModel:
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators and ":" pings
+                    if req.cancelled is not None and req.cancelled() and first_at is None:
+                        # Gone during the prompt: leaving the stream closes it and the
+                        # worker frees the slot (after the first token, the reader stops).
+                        yield cancelled_chunk(len(tokens), 0, time.perf_counter() - started)
+                        return
                     event = json.loads(line[5:])
+                    if "prompt_progress" in event:
+                        continue  # a batch of prompt work done (its "tokens" are not tokens)
                     if "error" in event:
                         raise self._event_error(event["error"], req)
                     now = time.perf_counter()

@@ -23,6 +23,8 @@ def generation_record(
     when the model was already loaded); by default the handle's own load time.
     """
     res = handle.resolved
+    if last is not None and last.finish_reason == "cancelled":
+        status = "cancelled"  # the backend saw the cancel itself and ended with this chunk
     usage = last.usage if last is not None else None
     timings = last.timings if last is not None else None
     return UsageRecord(

@@ -236,10 +236,7 @@ async def _generation_response(
     caller = Caller(app_name(request), "ollama")
     started = time.perf_counter()
     run = svc.generate(lease, req, caller)
-    try:
-        first = await run.__anext__()
-    except StopAsyncIteration:  # pragma: no cover
-        raise UsageError("the model produced nothing") from None
+    first = await svc.first_chunk(run, request)
 
     def piece(text: str, calls: list[ToolCallDelta] | None = None) -> Any:
         if key != "message":

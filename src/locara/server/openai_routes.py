@@ -130,14 +130,6 @@ def _sampling_kwargs(body: ChatCompletionRequest | CompletionRequest) -> dict[st
     }
 
 
-async def _start(run: ThreadedRun[Chunk]) -> Chunk:
-    """The first chunk; errors found before any token (bad schema, overflow) raise here."""
-    try:
-        return await run.__anext__()
-    except StopAsyncIteration:  # pragma: no cover - generate always ends with a chunk
-        raise UsageError("the model produced nothing") from None
-
-
 def _is_last(c: Chunk) -> bool:
     return c.finish_reason is not None
 
@@ -255,7 +247,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         lease.release()
         raise
     run = svc.generate(lease, req, caller)
-    first = await _start(run)
+    first = await svc.first_chunk(run, request)
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model_name = body.model or lease.handle.resolved.manifest.id
@@ -383,7 +375,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         lease.release()
         raise
     run = svc.generate(lease, req, caller)
-    first = await _start(run)
+    first = await svc.first_chunk(run, request)
     cid = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model_name = body.model or lease.handle.resolved.manifest.id

@@ -6,6 +6,7 @@ whether it finished, failed or was cancelled by a client that went away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -20,11 +21,13 @@ from locara.engine.runner import RunResult, ThreadedRun, in_thread
 from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
 from locara.ledger import UsageRecord, record_usage
 from locara.server.config import ServerConfig
+from locara.server.errors import HTTPError
 from locara.server.metrics import Metrics
 from locara.server.tokens import TokenStore
 from locara.settings import Settings
 
 log = logging.getLogger("locara.server")
+DISCONNECT_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,30 @@ class Service:
             self.metrics.observe(caller.surface, model, "error")
             self._record(caller, model, None, "", status="error", error=exc.message)
             raise
+
+    async def first_chunk(self, run: ThreadedRun[Chunk], request: Request) -> Chunk:
+        """The run's first chunk; errors found before any token (bad schema, overflow) raise.
+
+        Until it comes the model is evaluating the prompt, which takes seconds for a long
+        one: a client that goes away meanwhile cancels the run instead of leaving that
+        work to finish for nobody.
+        """
+        nxt: asyncio.Future[Chunk] = asyncio.ensure_future(run.__anext__())
+        while True:
+            done, _ = await asyncio.wait({nxt}, timeout=DISCONNECT_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                run.cancel()
+                break
+        try:
+            return await nxt
+        except StopAsyncIteration:  # cancelled before the first token; nobody will read this
+            raise HTTPError(
+                499,
+                "the client closed the connection before the answer began",
+                code="client_closed_request",
+            ) from None
 
     async def collect(self, run: ThreadedRun[Chunk], first: Chunk, request: Request) -> list[Chunk]:
         """All chunks of a non-streamed answer; stops generating if the client goes away."""
