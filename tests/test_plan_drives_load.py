@@ -168,7 +168,7 @@ def test_each_device_gets_the_offload_it_can_have(name: str, shared_home: Path) 
     assert gpu.n_threads == THREADS[name]
     assert (gpu.gpu_bytes > 0) == (name != "cpu-8gb")
     # Chat generation on the CPU gets parallel slots; on a GPU, layers come first.
-    assert gpu.n_parallel == (4 if name == "cpu-8gb" else 1)
+    assert gpu.n_parallel == (8 if name == "cpu-8gb" else 1)
     cpu = plan_model(manifest, PROFILES[name], gguf_path_of=paths, gpu_offload=False)
     assert cpu.ok and cpu.n_gpu_layers == 0 and cpu.gpu_bytes == 0
     assert any(NO_GPU_BUILD in w for w in cpu.warnings) == (name != "cpu-8gb")
@@ -295,7 +295,7 @@ def test_the_pool_loads_what_the_plan_says(
             assert lease.handle.options == load_options(lease.handle.plan)
             check_handed(lease.handle.options, lease.handle.plan.to_dict())
         assert chat.handle.options.n_gpu_layers == GPU_LAYERS[name]
-        assert chat.handle.options.n_parallel == (4 if name == "cpu-8gb" else 1)
+        assert chat.handle.options.n_parallel == (8 if name == "cpu-8gb" else 1)
         opts = embed.handle.options
         assert opts.embedding and opts.n_ctx == 512 and opts.n_batch == 512
         assert opts.n_parallel == 1
@@ -345,7 +345,7 @@ def test_api_ps_and_locara_ps_show_what_the_plan_decided(apple_server: Any, home
     assert info["backend"] == "llama_cpp" and info["n_layers"] == LAYERS
     assert opts["n_gpu_layers"] == 0 and m["size_vram"] == 0  # no GPU backend in this build
     assert opts["n_ctx"] == m["context_length"] == 4096 and opts["n_threads"] == 4
-    assert opts["n_parallel"] == 4  # back on the CPU, a server's chat model gets four slots
+    assert opts["n_parallel"] == 8  # back on the CPU, a server's chat model gets eight slots
     assert any(NO_GPU_BUILD in w for w in info["warnings"])
     assert any("threads: one per performance core" in r for r in info["reasons"])
     assert info["ram_bytes"] <= info["budget_bytes"] and m["size"] >= info["ram_bytes"]
@@ -354,7 +354,7 @@ def test_api_ps_and_locara_ps_show_what_the_plan_decided(apple_server: Any, home
     assert ps.returncode == 0, ps.stderr
     assert "NAME" in ps.stdout and "PROCESSOR" in ps.stdout and "UNTIL" in ps.stdout
     row = next(line for line in ps.stdout.splitlines() if line.startswith(DEFAULT_MODEL))
-    assert "llama_cpp" in row and "100% CPU" in row and "4096 x 4" in row and "in " in row
+    assert "llama_cpp" in row and "100% CPU" in row and "4096 x 8" in row and "in " in row
     assert f"generation: 0/{LAYERS} GPU layers, KV f16, threads 4" in ps.stdout
     assert "why: " in ps.stdout and f"warning: {NO_GPU_BUILD}" in ps.stdout
     as_json = run_cli("ps", "--json", home=home)
