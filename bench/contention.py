@@ -3,22 +3,25 @@ proportional slowdown, or 50-200x? (issue #16, item 7)
 
 llama.cpp's OpenMP threads spin while they wait for each other, so when another process
 takes one core of a small machine the thread that shares it is descheduled while its
-partner spins: each token waits for a whole scheduler slice. Locara's plan runs one
-thread per performance core and starts its llama-server worker with
-``OMP_WAIT_POLICY=PASSIVE``. Three contenders serve the same GGUF, in one run:
+partner spins: each token waits for a whole scheduler slice. Locara's plan leaves one
+core to the rest of the machine for decoding (all cores for prompts) and starts its
+llama-server worker with a short spin (``GOMP_SPINCOUNT``). Three contenders serve the
+same GGUF, in one run:
 
 - Locara's server, its default plan (``/v1/completions``, streamed);
 - ``llama-server`` with llama.cpp's defaults: no ``-t`` (llama.cpp picks its thread
-  count), no ``OMP_WAIT_POLICY``; only slots and context are set, to Locara's plan;
-- the same ``llama-server`` with ``OMP_WAIT_POLICY=PASSIVE``, nothing else changed.
+  count), no wait settings; only slots and context are set, to Locara's plan;
+- the same ``llama-server`` with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at every
+  wait), the usual advice for busy machines, nothing else changed.
 
-Each answers a greedy counting prompt alone, then beside a separate Python process
-spinning ``while True: pass`` (started and killed by this script, and ended by SIGALRM
-if the script dies first). Rounds alternate and their order rotates; every request has
-a deadline (``--timeout``), and an answer not finished by then is reported as
-"> N s" with the rate of the tokens that did arrive as an upper bound. Before each
-request the script waits until every server is idle, so a cancelled answer still being
-decoded cannot slow the next contender. It prints, per contender, decode tok/s alone
+Each runs alone on the machine (one contender at a time: an idle server whose threads
+spin would slow the others), answering a greedy counting prompt alone, then beside a
+separate Python process spinning ``while True: pass`` (started and killed by this
+script, and ended by SIGALRM if the script dies first), round after round. Every
+request has a deadline (``--timeout``), and an answer not finished by then is reported
+as "> N s" with the rate of the tokens that did arrive as an upper bound. Before each
+request the script waits until the server is idle, so a cut-off answer still being
+decoded cannot slow the next one. It prints, per contender, decode tok/s alone
 and beside the busy loop, the slowdown (alone / beside; goal for Locara <= 2.5x), and
 the time of the whole answer both ways.
 
@@ -40,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -153,9 +156,10 @@ def llama_server(
         "--host", "127.0.0.1", "--port", str(port), "--no-webui",
         "--parallel", str(plan.n_parallel), "--ctx-size", str(plan.n_ctx * plan.n_parallel),
     ]  # fmt: skip
-    env = worker_environment(binary)  # finds its libraries; sets OMP_WAIT_POLICY=PASSIVE
-    if not passive:
-        del env["OMP_WAIT_POLICY"]
+    env = worker_environment(binary)  # finds its libraries
+    env.pop("GOMP_SPINCOUNT", None)  # Locara's setting: neither contender has it
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     extra = {"model": "model", "cache_prompt": True}
     return process(name, cmd, env, f"http://127.0.0.1:{port}", "/health", extra)
 
@@ -177,7 +181,12 @@ def wait_policy(server: Server) -> str:
     procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
     for p in reversed(procs):  # Locara's worker is the one that decodes
         if "llama-server" in p.name():
-            return p.environ().get("OMP_WAIT_POLICY", "unset (spins)")
+            env = p.environ()
+            if "OMP_WAIT_POLICY" in env:
+                return env["OMP_WAIT_POLICY"]
+            if "GOMP_SPINCOUNT" in env:
+                return f"spin {env['GOMP_SPINCOUNT']} then sleep"
+            return "unset (spins)"
     return "?"
 
 
@@ -294,33 +303,32 @@ def main() -> None:
     if one > 0.5:
         print("  the machine is busy: 'alone' is not alone, and the ratios are noisy")
 
+    # One contender on the machine at a time: an idle server with spinning threads (the
+    # defaults contender) would otherwise slow the others' "alone" rounds, and a
+    # cut-off answer still being decoded would slow the next contender.
+    contenders: list[tuple[str, Any]] = [
+        (LOCARA, lambda: locara_server(settings.home, args)),
+        (DEFAULTS, lambda: llama_server(DEFAULTS, binary, model, plan, passive=False)),
+        (PASSIVE, lambda: llama_server(PASSIVE, binary, model, plan, passive=True)),
+    ]
     results: dict[str, dict[str, list[Answer]]] = {}
-    with ExitStack() as stack:
-        servers = [
-            stack.enter_context(locara_server(settings.home, args)),
-            stack.enter_context(llama_server(DEFAULTS, binary, model, plan, passive=False)),
-            stack.enter_context(llama_server(PASSIVE, binary, model, plan, passive=True)),
-        ]
-        results = {s.name: {"alone": [], "busy": []} for s in servers}
+    print()
+    for name, start in contenders:
+        with start() as server:
 
-        def ask(s: Server, i: int) -> Answer:
-            wait_idle(servers)
-            return asyncio.run(answer(s, args.tokens, args.timeout, i))
+            def ask(i: int, s: Server = server) -> Answer:
+                wait_idle([s])
+                return asyncio.run(answer(s, args.tokens, args.timeout, i))
 
-        for s in servers:  # warm-up: loads Locara's model, fills caches
-            ask(s, 0)
-        print()
-        for s in servers:
-            print(f"{s.name:40} threads {threads_of(s):>2} · wait policy {wait_policy(s)}")
-        for r in range(1, args.repeats + 1):
-            order = servers[r % 3 :] + servers[: r % 3]
-            for s in order:
-                results[s.name]["alone"].append(ask(s, r))
-            # Bounded: every answer's deadline plus the idle waits, with room to spare.
-            with busy_core(len(servers) * (args.timeout + 25) + 30):
-                for s in order:
-                    results[s.name]["busy"].append(ask(s, 100 + r))
-            print(f"  round {r}/{args.repeats} done")
+            ask(0)  # warm-up: loads the model, fills caches
+            print(f"{name:40} threads {threads_of(server):>2} · wait policy {wait_policy(server)}")
+            got: dict[str, list[Answer]] = {"alone": [], "busy": []}
+            for r in range(1, args.repeats + 1):
+                got["alone"].append(ask(r))
+                # Bounded: the answer's deadline plus the idle wait, with room to spare.
+                with busy_core(args.timeout + 55):
+                    got["busy"].append(ask(100 + r))
+            results[name] = got
     one, five, _ = os.getloadavg()
     print(f"load average after: {one:.2f} (1 min), {five:.2f} (5 min)\n")
 

@@ -5,7 +5,7 @@ binary serving the same GGUF with the same settings: Locara's plan decides threa
 parallel slots and context per slot, and the bare ``llama-server`` is started with
 exactly those (``-t``/``-tb``, ``-np`` = the plan's slots, ``-c`` = slots x context,
 ``--no-kv-unified``, and the worker's flash-attention, KV type, batch and prompt-cache
-RAM), in the worker's environment (``worker_environment``: ``OMP_WAIT_POLICY=PASSIVE``)
+RAM), in the worker's environment (``worker_environment``: a short OpenMP spin, ``GOMP_SPINCOUNT``)
 and, like the worker, in a session of its own (Linux's autogroup scheduler shares the
 CPU between sessions),
 with ``cache_prompt`` on in every request (they carry no seed: Locara evaluates a
@@ -56,6 +56,7 @@ from typing import Any
 import httpx
 import psutil
 
+from locara.backends.llama_cpp import SPIN_COUNT
 from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
 from locara.engine.loader import ResolvedModel, resolve
 from locara.planner.plan import Plan, PlanRequest
@@ -138,7 +139,7 @@ class DirectLoop:
             n_ctx=args.ctx,
             n_batch=plan.n_batch,
             n_threads=plan.n_threads,
-            n_threads_batch=plan.n_threads,
+            n_threads_batch=plan.n_threads_batch,
             flash_attn=plan.flash_attn,
             verbose=False,
         )
@@ -193,12 +194,11 @@ def llama_server_argv(binary: WorkerBinary, model: Path, plan: Plan, port: int) 
     """The bare llama-server, set up as Locara's plan sets up its worker."""
     assert plan.n_ctx is not None and plan.n_threads is not None
     total = plan.n_ctx * plan.n_parallel
-    threads = str(plan.n_threads)
     fa = plan.flash_attn or plan.kv_type != "f16"  # as the worker decides it
     return [
         str(binary.path), "--model", str(model), "--alias", "model",
         "--host", "127.0.0.1", "--port", str(port), "--no-webui",
-        "--threads", threads, "--threads-batch", threads,
+        "--threads", str(plan.n_threads), "--threads-batch", str(plan.n_threads_batch),
         "--parallel", str(plan.n_parallel), "--ctx-size", str(total),
         # With an explicit -np llama.cpp already gives each slot its own ctx/np; said
         # anyway, since the worker says it.
@@ -227,17 +227,17 @@ def llama_server(
 def llama_cpp_server(model: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Server]:
     assert plan.n_threads is not None
     port = free_port()
-    threads = str(plan.n_threads)
+    threads, threads_batch = str(plan.n_threads), str(plan.n_threads_batch)
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model), "--model_alias", "model",
         "--n_ctx", str(args.ctx), "--n_batch", str(plan.n_batch),
-        "--n_threads", threads, "--n_threads_batch", threads,
+        "--n_threads", threads, "--n_threads_batch", threads_batch,
         "--host", "127.0.0.1", "--port", str(port),
         # Its default (True) aborts a running stream whenever a new request arrives.
         "--interrupt_requests", "False",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "GOMP_SPINCOUNT": SPIN_COUNT}
     with _process(LCP_SERVER, cmd, env, f"http://127.0.0.1:{port}", "/v1/models") as (url, pid):
         yield Server(LCP_SERVER, url, pid, {"model": "model"})
 
@@ -301,7 +301,7 @@ def check_same_settings(locara: Server, bare: Server) -> str:
 
     def placement(p: psutil.Process) -> dict[str, str]:
         return {
-            "OMP_WAIT_POLICY": p.environ().get("OMP_WAIT_POLICY", "(unset)"),
+            "GOMP_SPINCOUNT": p.environ().get("GOMP_SPINCOUNT", "(unset)"),
             "own session": str(os.getsid(p.pid) == p.pid),
             "nice": str(p.nice()),
         }
@@ -484,8 +484,8 @@ def main() -> None:
     client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
 
     # libgomp reads this when llama.cpp's library is loaded (resolve() loads it): the
-    # direct loop then waits between tokens as both servers do.
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # direct loop then waits as both servers do.
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     settings = Settings.from_env()
     resolved: ResolvedModel = resolve(
         settings, args.model, request=PlanRequest(default_ctx=args.ctx, n_parallel=args.parallel)
@@ -500,7 +500,7 @@ def main() -> None:
     model = resolved.blob.path
     print(
         f"model {resolved.manifest.id} ({resolved.artifact.quant}, "
-        f"{model.stat().st_size / 1e6:.0f} MB) · plan: {plan.n_threads} threads, "
+        f"{model.stat().st_size / 1e6:.0f} MB) · plan: {plan.n_threads}+{plan.n_threads_batch} threads (decode+prompt), "
         f"{plan.n_parallel} slots x {plan.n_ctx} ctx · greedy"
     )
     print(f"llama-server: {binary.path} ({binary.version})")

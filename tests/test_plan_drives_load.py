@@ -89,7 +89,8 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 # GPU layers each device's plan asks for on a GPU build; threads it plans.
 GPU_LAYERS = {"apple-16gb": LAYERS, "nvidia-24gb": LAYERS, "cpu-8gb": 0}
-THREADS = {"apple-16gb": 4, "nvidia-24gb": 4, "cpu-8gb": 4}  # one per performance core
+# Decoding: one of the 4 performance cores left to the rest of the machine.
+THREADS = {"apple-16gb": 3, "nvidia-24gb": 3, "cpu-8gb": 3}
 
 
 @pytest.fixture
@@ -144,6 +145,7 @@ def check_handed(opts: LoadOptions, plan: dict[str, Any]) -> None:
     assert opts.n_ctx == plan["n_ctx"]
     assert opts.kv_type == plan["kv_type"] and opts.flash_attn == plan["flash_attn"]
     assert opts.n_threads == plan["n_threads"] and opts.n_batch == plan["n_batch"]
+    assert opts.n_threads_batch == plan["n_threads_batch"]
     assert opts.n_parallel == plan["n_parallel"] and opts.embedding == plan["embedding"]
 
 
@@ -229,7 +231,7 @@ def test_explicit_options_win_and_are_reported(
     overrides = " | ".join(plan["overrides"])
     assert "context 1024 tokens: asked for (the plan's default is 4096)" in overrides
     assert f"{LAYERS}/{LAYERS} layers on the GPU: set explicitly" in overrides
-    assert "threads 1: set explicitly (the plan would use 4)" in overrides
+    assert "threads 1: set explicitly (the plan would use 3 decoding, 4 for prompts)" in overrides
     # Beyond the model's layer count: clamped, and said.
     assert f"GPU layers 99 is more than {DEFAULT_MODEL}'s {LAYERS} layers" in stderr
     assert "explicit: context 1024 tokens" in stderr and "plan: " in stderr
@@ -254,8 +256,8 @@ def test_run_verbose_in_a_subprocess_shows_the_plan(home: Path, tmp_path: Path) 
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"plan: {DEFAULT_MODEL} Q4_1 on llama_cpp: context 4096" in r.stderr
-    assert f"0/{LAYERS} GPU layers, threads 4" in r.stderr
-    assert "why: 4 threads: one per performance core" in r.stderr
+    assert f"0/{LAYERS} GPU layers, threads 3+4" in r.stderr
+    assert "why: 3 threads decoding (one of 4 performance cores left" in r.stderr
     assert f"warning: {NO_GPU_BUILD}" in r.stderr and f"instead of {LAYERS}/{LAYERS} on Metal" in (
         r.stderr
     )
@@ -344,10 +346,13 @@ def test_api_ps_and_locara_ps_show_what_the_plan_decided(apple_server: Any, home
     opts = info["options"]
     assert info["backend"] == "llama_cpp" and info["n_layers"] == LAYERS
     assert opts["n_gpu_layers"] == 0 and m["size_vram"] == 0  # no GPU backend in this build
-    assert opts["n_ctx"] == m["context_length"] == 4096 and opts["n_threads"] == 4
+    assert opts["n_ctx"] == m["context_length"] == 4096 and (
+        opts["n_threads"],
+        opts["n_threads_batch"],
+    ) == (3, 4)
     assert opts["n_parallel"] == 8  # back on the CPU, a server's chat model gets eight slots
     assert any(NO_GPU_BUILD in w for w in info["warnings"])
-    assert any("threads: one per performance core" in r for r in info["reasons"])
+    assert any("performance cores left to the rest of the machine" in r for r in info["reasons"])
     assert info["ram_bytes"] <= info["budget_bytes"] and m["size"] >= info["ram_bytes"]
 
     ps = run_cli("ps", home=home)
@@ -355,7 +360,7 @@ def test_api_ps_and_locara_ps_show_what_the_plan_decided(apple_server: Any, home
     assert "NAME" in ps.stdout and "PROCESSOR" in ps.stdout and "UNTIL" in ps.stdout
     row = next(line for line in ps.stdout.splitlines() if line.startswith(DEFAULT_MODEL))
     assert "llama_cpp" in row and "100% CPU" in row and "4096 x 8" in row and "in " in row
-    assert f"generation: 0/{LAYERS} GPU layers, KV f16, threads 4" in ps.stdout
+    assert f"generation: 0/{LAYERS} GPU layers, KV f16, threads 3+4" in ps.stdout
     assert "why: " in ps.stdout and f"warning: {NO_GPU_BUILD}" in ps.stdout
     as_json = run_cli("ps", "--json", home=home)
     assert json.loads(as_json.stdout)[0]["locara"]["options"] == opts

@@ -185,24 +185,24 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelManife
 # or None when nothing fits. The default request asks for 4096 tokens.
 EXPECTED: list[tuple[str, str, tuple[str, str, int, str, object, int] | None]] = [
     # 8 GB Mac: MLX for the 7B (reference/000), 4-bit; 14B and 70B do not fit.
-    ("mac-8gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 4)),
-    ("mac-8gb", "qwen2.5-7b-instruct", ("mlx", "4bit", 4096, "f16", 0, 4)),
+    ("mac-8gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 3)),
+    ("mac-8gb", "qwen2.5-7b-instruct", ("mlx", "4bit", 4096, "f16", 0, 3)),
     ("mac-8gb", "qwen2.5-14b-instruct", None),
     ("mac-8gb", "llama-3.1-70b-instruct", None),
     # 16 GB Mac: 14B Q4_K_M fits on Metal with every layer offloaded.
-    ("mac-16gb", "qwen2.5-7b-instruct", ("mlx", "4bit", 4096, "f16", 0, 4)),
-    ("mac-16gb", "qwen2.5-14b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 4)),
+    ("mac-16gb", "qwen2.5-7b-instruct", ("mlx", "4bit", 4096, "f16", 0, 3)),
+    ("mac-16gb", "qwen2.5-14b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 3)),
     ("mac-16gb", "llama-3.1-70b-instruct", None),
     # 64 GB + 24 GB RTX 4090: 7B at Q6_K-class ceiling -> Q5_K_M fully on the GPU; the
     # 14B Q8_0 is above the ceiling; 70B Q4_K_M splits between GPU and RAM.
-    ("workstation-64gb-rtx4090", "qwen2.5-7b-instruct", ("llama_cpp", "Q5_K_M", 4096, "f16", "all", 16)),
-    ("workstation-64gb-rtx4090", "qwen2.5-14b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 16)),
-    ("workstation-64gb-rtx4090", "llama-3.1-70b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "some", 16)),
-    # 4 GB Linux, no GPU: only the small model; the 7B does not fit at any context. Four
-    # cores: one stays free for the OS and the server.
-    ("linux-4gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", 0, 4)),
+    ("workstation-64gb-rtx4090", "qwen2.5-7b-instruct", ("llama_cpp", "Q5_K_M", 4096, "f16", "all", 15)),
+    ("workstation-64gb-rtx4090", "qwen2.5-14b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 15)),
+    ("workstation-64gb-rtx4090", "llama-3.1-70b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "some", 15)),
+    # 4 GB Linux, no GPU: only the small model; the 7B does not fit at any context.
+    # Everywhere one performance core is left to the rest of the machine for decoding.
+    ("linux-4gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", 0, 3)),
     ("linux-4gb", "qwen2.5-7b-instruct", None),
-    ("linux-4gb", "nomic-embed-text-v1.5", ("llama_cpp", "Q8_0", 2048, "f16", 0, 4)),
+    ("linux-4gb", "nomic-embed-text-v1.5", ("llama_cpp", "Q8_0", 2048, "f16", 0, 3)),
     # On battery at 10%: smallest quant, default context 2048, half the threads.
     ("laptop-16gb-battery-10", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 2048, "f16", 0, 2)),
     ("laptop-16gb-battery-10", "qwen2.5-7b-instruct", ("llama_cpp", "Q4_K_M", 2048, "f16", 0, 2)),

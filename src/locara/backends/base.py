@@ -314,7 +314,8 @@ class LoadOptions:
     """How a backend loads a model; the loader fills every field from the plan."""
 
     n_ctx: int = 4096  # tokens per slot
-    n_threads: int | None = None  # None: physical (performance) cores
+    n_threads: int | None = None  # decoding; None: physical (performance) cores
+    n_threads_batch: int | None = None  # prompt processing; None: as n_threads
     n_gpu_layers: int = 0
     embedding: bool = False
     flash_attn: bool = False

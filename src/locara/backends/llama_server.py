@@ -8,7 +8,7 @@ worker receives token ids on its native ``/completion`` route, and stop strings 
 through the same ``StopScanner`` as in process, so both backends answer alike.
 
 The worker listens on loopback only, with a random per-process API key, and runs
-with ``OMP_WAIT_POLICY=PASSIVE`` (see ``worker_binary.worker_environment``). A dead
+with a short OpenMP spin (see ``worker_binary.worker_environment``). A dead
 worker is noticed on the next request and started again; a request in flight when it
 dies ends with ``BackendError``. Closing a ``generate()`` iterator closes its HTTP
 stream, which makes llama-server cancel the task and free the slot.
@@ -104,6 +104,7 @@ class WorkerConfig:
     n_ctx: int  # per slot; the worker's KV cache holds n_ctx * n_parallel
     n_parallel: int = 1
     n_threads: int = 1
+    n_threads_batch: int = 1
     n_gpu_layers: int = 0
     flash_attn: bool = False
     kv_type: str = "f16"
@@ -124,15 +125,15 @@ class WorkerConfig:
         # A quantized V cache needs flash attention (as in process); "auto" would be a
         # decision made outside the plan, so it is always on or off.
         fa = self.flash_attn or self.kv_type != "f16"
-        threads = str(self.n_threads)
+
         return [
             str(binary),
             "--model", str(self.model_path),
             "--alias", self.alias,
             "--host", "127.0.0.1",
             "--port", str(port),
-            "--threads", threads,
-            "--threads-batch", threads,
+            "--threads", str(self.n_threads),
+            "--threads-batch", str(self.n_threads_batch),
             "--parallel", str(self.n_parallel),
             "--ctx-size", str(total),
             "--no-kv-unified",  # each slot owns n_ctx: the per-request limit Locara checks
@@ -503,6 +504,7 @@ class LlamaServerBackend:
             n_ctx=opts.n_ctx,
             n_parallel=opts.n_parallel,
             n_threads=opts.n_threads or physical_cores(),
+            n_threads_batch=opts.n_threads_batch or opts.n_threads or physical_cores(),
             n_gpu_layers=opts.n_gpu_layers,
             flash_attn=opts.flash_attn,
             kv_type=opts.kv_type,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from locara.backends.llama_cpp import SPIN_COUNT
 from locara.errors import BackendUnavailableError
 
 ENV_VAR = "LOCARA_LLAMA_SERVER"
@@ -140,14 +141,15 @@ def locate_llama_server(env: Mapping[str, str] | None = None) -> WorkerBinary:
 def worker_environment(binary: WorkerBinary) -> dict[str, str]:
     """The environment a llama-server worker runs in (without its API key).
 
-    ``OMP_WAIT_POLICY=PASSIVE``: llama.cpp's OpenMP threads otherwise spin while they
-    wait, and on a machine where anything else runs that makes decoding 50-200x slower
-    (measured on 2 cores with one other busy process).
+    ``GOMP_SPINCOUNT``: llama.cpp's OpenMP threads otherwise spin for a long while at
+    every wait, and on a machine where anything else runs that made decoding up to 80x
+    slower (measured on 2 cores with one other busy process).
     """
     env = _library_env(binary.lib_dir)
     # llama-server reads LLAMA_ARG_* (and LLAMA_API_KEY) as defaults for its flags; a
     # stray one in the user's shell must not change what the plan decided.
     for name in [k for k in env if k.startswith("LLAMA_ARG_") or k == "LLAMA_API_KEY"]:
         del env[name]
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    # Spin briefly, then sleep (see llama_cpp.SPIN_COUNT); the user's own setting wins.
+    env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     return env

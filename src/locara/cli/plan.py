@@ -38,7 +38,7 @@ def render_plan(plan: Plan, device: DeviceProfile, trained: int) -> list[str]:
             + (f"  sha256:{sha}…" if sha else ""),
             f"  context    {plan.n_ctx} tokens (trained {trained}), KV cache {plan.kv_type}"
             + (", flash attention" if plan.flash_attn else ""),
-            f"  threads    {plan.n_threads}",
+            f"  threads    {plan.n_threads} decoding, {plan.n_threads_batch} for prompts",
             f"  offload    {plan.n_gpu_layers} GPU layers",
             f"  memory     {_mib(est.total_bytes)} = weights {_mib(est.weights_bytes)}"
             + (f" + CPU repack {_mib(est.repack_bytes)}" if est.repack_bytes else "")

@@ -71,7 +71,7 @@ def describe(m: dict[str, Any]) -> list[str]:
         f"{opts.get('n_gpu_layers', 0)}/{info.get('n_layers')} GPU layers, "
         f"KV {opts.get('kv_type')}"
         + (", flash attention" if opts.get("flash_attn") else "")
-        + f", threads {opts.get('n_threads')}, batch {opts.get('n_batch')}, "
+        + f", threads {opts.get('n_threads')}+{opts.get('n_threads_batch')}, batch {opts.get('n_batch')}, "
         f"{human_size(info.get('ram_bytes'))} of a {human_size(info.get('budget_bytes'))} "
         "RAM budget" + (f", {human_size(m['size_vram'])} on the GPU" if m.get("size_vram") else "")
     )

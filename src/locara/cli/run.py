@@ -175,7 +175,7 @@ def describe_plan(plan: Plan) -> list[str]:
         f"plan: {plan.model_id} {plan.quant or '-'} on {plan.backend}: context {plan.n_ctx} "
         f"x {plan.n_parallel} slot(s), KV {plan.kv_type}"
         + (", flash attention" if plan.flash_attn else "")
-        + f", {plan.n_gpu_layers}/{plan.n_layers} GPU layers, threads {plan.n_threads}, "
+        + f", {plan.n_gpu_layers}/{plan.n_layers} GPU layers, threads {plan.n_threads}+{plan.n_threads_batch}, "
         f"batch {plan.n_batch}, {mem}"
     ]
     lines += [f"  why: {r}" for r in plan.reasons]

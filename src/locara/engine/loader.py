@@ -163,6 +163,7 @@ def load_options(plan: Plan) -> LoadOptions:
     return LoadOptions(
         n_ctx=plan.n_ctx,
         n_threads=plan.n_threads,
+        n_threads_batch=plan.n_threads_batch,
         n_gpu_layers=plan.n_gpu_layers,
         embedding=plan.embedding,
         flash_attn=plan.flash_attn,

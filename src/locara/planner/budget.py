@@ -87,20 +87,30 @@ def low_battery(device: DeviceProfile) -> bool:
     )
 
 
-def decoding_threads(device: DeviceProfile) -> tuple[int, str]:
-    """Threads for llama.cpp's decoding on ``device``, and why that many.
+def decoding_threads(device: DeviceProfile) -> tuple[int, int, str]:
+    """Threads for llama.cpp on ``device``: (decoding, prompt processing, why).
 
-    One per performance core (hyperthreads and efficiency cores only add contention),
-    half of them on battery below 20%. Leaving a core free would halve decoding on a
-    2-core machine for good; instead the threads wait passively between tokens
-    (``OMP_WAIT_POLICY=PASSIVE``, set by both llama.cpp backends), so a busy neighbour
-    costs a proportional slowdown instead of spinning threads fighting it for cores.
+    Prompt processing is compute-bound and short: one thread per performance core
+    (hyperthreads and efficiency cores only add contention). Decoding syncs its threads
+    at every operation, hundreds of times a token, so a thread whose core another program
+    takes stalls all the others: on 2 cores beside one busy process, 2 decode threads
+    fell from 186 to 2.3 tok/s with llama.cpp's spinning waits, and sleeping waits
+    (OMP_WAIT_POLICY=PASSIVE) cost 3.5x alone. One core is left to the rest of the
+    machine instead (1 decode thread there: 162 tok/s alone, 164 beside the busy
+    process), and threads spin only briefly before they sleep (GOMP_SPINCOUNT, set by
+    both llama.cpp backends). Half of everything on battery below 20%.
     """
     perf = device.cores_performance or device.cores_logical or 1
     if low_battery(device):
         n = max(1, perf // 2)
-        return n, f"{_threads(n)}: half of {perf} performance cores, on battery below 20%"
-    return perf, f"{_threads(perf)}: one per performance core, waiting passively between tokens"
+        return n, n, f"{_threads(n)}: half of {perf} performance cores, on battery below 20%"
+    decode = max(1, perf - 1)
+    return (
+        decode,
+        perf,
+        f"{_threads(decode)} decoding (one of {perf} performance cores left to the rest of "
+        f"the machine), {_threads(perf)} for prompts",
+    )
 
 
 def _threads(n: int) -> str:

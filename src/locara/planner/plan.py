@@ -132,7 +132,8 @@ class Plan:
     requested_ctx: int | None = None
     kv_type: str = "f16"
     flash_attn: bool = False
-    n_threads: int | None = None
+    n_threads: int | None = None  # decoding
+    n_threads_batch: int | None = None  # prompt processing
     n_gpu_layers: int = 0
     n_layers: int | None = None  # layers llama.cpp can offload (blocks + output)
     n_batch: int = DEFAULT_BATCH
@@ -180,6 +181,7 @@ class Plan:
             "kv_type": self.kv_type,
             "flash_attn": self.flash_attn,
             "n_threads": self.n_threads,
+            "n_threads_batch": self.n_threads_batch,
             "n_gpu_layers": self.n_gpu_layers,
             "n_layers": self.n_layers,
             "n_batch": self.n_batch,
@@ -564,14 +566,15 @@ def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
     )
     for kept, new in zip((pl.reasons, pl.warnings, pl.overrides), notes, strict=True):
         kept.extend(new)
-    threads, why = decoding_threads(device)
+    threads, threads_batch, why = decoding_threads(device)
     if request.n_threads is None:
         pl.reasons.append(why)
     else:
         pl.overrides.append(
-            f"threads {request.n_threads}: set explicitly (the plan would use {threads})"
+            f"threads {request.n_threads}: set explicitly (the plan would use {threads} "
+            f"decoding, {threads_batch} for prompts)"
         )
-        threads = request.n_threads
+        threads = threads_batch = request.n_threads
     if request.n_batch is not None:
         pl.overrides.append(f"batch {f.n_batch}: set explicitly")
     elif request.embedding:
@@ -625,6 +628,7 @@ def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
         # llama.cpp cannot keep a quantized V cache without flash attention.
         flash_attn=f.kv_type != "f16",
         n_threads=threads,
+        n_threads_batch=threads_batch,
         n_gpu_layers=p.layers,
         n_layers=chosen.shape.n_layers + 1,
         n_batch=f.n_batch,
