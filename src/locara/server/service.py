@@ -77,7 +77,11 @@ class Service:
             if known:
                 model = ref_id
             self.metrics.observe(caller.surface, model, "error")
-            self._record(caller, model, None, "", status="error", error=exc.message)
+            # The ledger is SQLite: written from a thread, never on the event loop.
+            error = exc.message
+            await in_thread(
+                lambda: self._record(caller, model, None, "", status="error", error=error)
+            )
             raise
 
     async def first_chunk(self, run: ThreadedRun[Chunk], request: Request) -> Chunk:
@@ -159,11 +163,12 @@ class Service:
         try:
             counts, vectors = await in_thread(work, name="locara-embed")
         except LocaraError as exc:
-            self._account_simple(lease, caller, "error", 0, exc.message)
+            await in_thread(self._account_simple, lease, caller, "error", 0, exc.message)
             raise
         finally:
             lease.release()
-        self._account_simple(lease, caller, "ok", sum(counts), None, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        await in_thread(self._account_simple, lease, caller, "ok", sum(counts), None, elapsed)
         return vectors, sum(counts)
 
     # -- accounting ------------------------------------------------------------------
