@@ -36,11 +36,9 @@ import asyncio
 import math
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -55,6 +53,7 @@ from locara.backends.worker_binary import WorkerBinary, locate_llama_server, wor
 from locara.engine.loader import resolve
 from locara.planner.plan import Plan, PlanRequest
 from locara.settings import Settings
+from serving import free_port, served
 
 PROMPT = "Count from 1 to 1000, separated by commas: 1, 2, 3,"
 LOCARA = "Locara (its plan)"
@@ -95,46 +94,12 @@ class Server:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def process(
     name: str, cmd: list[str], env: dict[str, str], url: str, probe: str, extra: dict[str, Any]
 ) -> Iterator[Server]:
-    with tempfile.TemporaryFile() as log:
-        # Every server in its own session, as Locara starts its worker (see busy_core).
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise SystemExit(f"{name} exited:\n{log.read().decode(errors='replace')}")
-                with suppress(httpx.HTTPError):
-                    if httpx.get(url + probe, timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name} did not start within 180 s")
-                time.sleep(0.2)
-            yield Server(name, url, proc.pid, log, extra)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with served(name, cmd, env, url, probe) as (pid, log):
+        yield Server(name, url, pid, log, extra)
 
 
 def locara_server(home: Path, args: argparse.Namespace) -> AbstractContextManager[Server]:

@@ -41,11 +41,8 @@ import argparse
 import asyncio
 import math
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -61,6 +58,7 @@ from locara.backends.worker_binary import WorkerBinary, locate_llama_server, wor
 from locara.engine.loader import ResolvedModel, resolve
 from locara.planner.plan import Plan, PlanRequest
 from locara.settings import Settings
+from serving import free_port, served
 
 # Greedy decoding of a counting prompt keeps going without an end-of-sequence token, so
 # every contender generates exactly the requested number of tokens.
@@ -98,12 +96,6 @@ class Server:
     url: str
     pid: int
     extra: dict[str, Any] = field(default_factory=dict)  # request fields its API needs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unique(prompt: str, i: int) -> str:
@@ -246,41 +238,8 @@ def llama_cpp_server(model: Path, plan: Plan, args: argparse.Namespace) -> Itera
 def _process(
     name: str, cmd: list[str], env: dict[str, str], url: str, probe: str
 ) -> Iterator[tuple[str, int]]:
-    with tempfile.TemporaryFile() as log:
-        # Its own session, as Locara starts its worker: Linux's autogroup scheduler shares
-        # the CPU between sessions, so a server left in this script's session (with the
-        # client and, often, the rest of the machine's work) would get a smaller share
-        # than Locara's worker on a busy machine, and the ratios would measure that.
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise SystemExit(f"{name} exited:\n{log.read().decode(errors='replace')}")
-                try:
-                    if httpx.get(url + probe, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name} did not start within 180 s")
-                time.sleep(0.2)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with served(name, cmd, env, url, probe) as (pid, _):
+        yield url, pid
 
 
 def check_same_settings(locara: Server, bare: Server) -> str:
