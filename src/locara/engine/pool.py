@@ -290,11 +290,7 @@ class ModelPool:
                 if (model_id is None or res.manifest.id == model_id) and (
                     sha256 is None or res.blob.sha256 == sha256
                 ):
-                    if e.in_flight:
-                        e.keep_alive_s = 0.0  # unloaded by _release when its last request ends
-                    else:
-                        del self._entries[e.key]
-                        closing.append(e)
+                    self._retire(e, closing)
         for e in closing:
             e.handle.close()
         return len(closing)
@@ -358,19 +354,22 @@ class ModelPool:
                     same = file_identity(e.handle.resolved.blob.path) == e.handle.file_id
                 except OSError:
                     same = False
-                if same:
-                    continue
-                if e.in_flight:
-                    e.keep_alive_s = 0.0  # unloaded by _release when its last request ends
-                else:
-                    del self._entries[e.key]
-                    closing.append(e)
+                if not same:
+                    self._retire(e, closing)
         for e in closing:
             log.warning(
                 "unloading %s: the file it was loaded from failed verification",
                 e.handle.resolved.manifest.id,
             )
             e.handle.close()
+
+    def _retire(self, e: _Entry, closing: list[_Entry]) -> None:
+        """Unload ``e`` now (into ``closing``), or when its last request ends; lock held."""
+        if e.in_flight:
+            e.keep_alive_s = 0.0  # unloaded by _release when its last request ends
+        else:
+            del self._entries[e.key]
+            closing.append(e)
 
     def _keep_alive(self, requested: float | None) -> float:
         value = self.config.keep_alive_s if requested is None else requested
