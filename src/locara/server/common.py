@@ -8,12 +8,10 @@ from typing import Any
 
 from fastapi import Request
 
-from locara.backends.base import LoadedModel, Message, Sampling
+from locara.backends.base import Message, Sampling
 from locara.engine.pool import Lease
-from locara.engine.runner import in_thread
-from locara.errors import ContextOverflowError, UnsupportedFeatureError, UsageError
+from locara.errors import UnsupportedFeatureError, UsageError
 from locara.registry.manifest import ModelManifest
-from locara.server.errors import HTTPError
 from locara.server.service import Service
 
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -112,77 +110,3 @@ def to_messages(raw: list[tuple[str, str]]) -> tuple[Message, ...]:
             )
         out.append(Message(role, content))  # type: ignore[arg-type]
     return tuple(out)
-
-
-# -- embedding input that fits the context ----------------------------------------------
-
-
-async def fitted_inputs(lease: Lease, texts: list[str], *, truncate: bool) -> list[str]:
-    """``texts`` cut (or refused) to the leased model's context, off the event loop.
-
-    The lease is released when this fails: no work was done on it.
-    """
-    model, model_id = lease.handle.model, lease.handle.resolved.manifest.id
-    try:
-        return await in_thread(
-            lambda: fit_embedding_inputs(model, model_id, texts, truncate=truncate),
-            name="locara-embed-fit",
-        )
-    except BaseException:
-        lease.release()
-        raise
-
-
-def fit_embedding_inputs(
-    model: LoadedModel, model_id: str, texts: list[str], *, truncate: bool
-) -> list[str]:
-    """``texts``, each cut to the model's context when ``truncate``, else refused if longer.
-
-    Tokenizes (more than once when cutting): call it in a thread, never on the event loop.
-    """
-    limit = model.n_ctx  # count_tokens includes the tokens added around each input
-    out: list[str] = []
-    for i, text in enumerate(texts):
-        n = _tokens(model, text)
-        if n is not None and n <= limit:
-            out.append(text)
-        elif truncate:
-            out.append(truncate_to_tokens(model, text, limit))
-        else:
-            size = f"{n} tokens" if n is not None else f"{len(text.encode())} bytes"
-            raise HTTPError(
-                400,
-                f"input {i} is {size}, more than the {limit} tokens {model_id} embeds per "
-                "input (its context, counting the special tokens added around each input)",
-                "split the text into shorter chunks, raise num_ctx, "
-                "or (Ollama's /api/embed) leave truncate at its default, true",
-                code="context_length_exceeded",
-                param="input",
-            )
-    return out
-
-
-def truncate_to_tokens(model: LoadedModel, text: str, limit: int) -> str:
-    """The longest prefix of ``text`` that is at most ``limit`` tokens.
-
-    The backend protocol counts tokens but does not detokenize, so this is a binary
-    search over character positions with ``count_tokens`` (about log2(len) calls); the
-    cut lands where Ollama's token cut would, give or take a token's characters.
-    """
-    lo, hi = 0, len(text)  # text[:lo] fits; text[:hi + 1] does not (or is all of it)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        n = _tokens(model, text[:mid])
-        if n is not None and n <= limit:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo]
-
-
-def _tokens(model: LoadedModel, text: str) -> int | None:
-    """Tokens in ``text``; None when the backend refuses it untokenized as far too long."""
-    try:
-        return model.count_tokens(text)
-    except ContextOverflowError:
-        return None

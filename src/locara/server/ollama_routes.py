@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ from locara.registry.refs import parse_ref
 from locara.server.common import (
     app_name,
     check_sampling,
-    fitted_inputs,
     parse_keep_alive,
     require_tools,
     sampling_from,
@@ -213,10 +212,7 @@ async def _load_only(
         await asyncio.to_thread(svc.pool.unload, manifest.id)
         reason = "unload"
     else:
-        lease = await svc.lease(
-            reference, Caller(app_name(request), "ollama"), keep_alive_s=keep_alive
-        )
-        lease.release()
+        await svc.preload(reference, Caller(app_name(request), "ollama"), keep_alive)
         reason = "load"
     body: dict[str, Any] = {"model": name, "created_at": _now_iso(), "done": True}
     body["done_reason"] = reason
@@ -226,16 +222,21 @@ async def _load_only(
 
 async def _generation_response(
     request: Request,
-    lease: Lease,
-    req: GenerationRequest,
+    reference: str | None,
+    build: Callable[[Lease], GenerationRequest],
+    opts: Options,
+    keep_alive: float | None,
     stream: bool,
-    model_name: str,
+    asked_name: str | None,
     key: str,
 ) -> Response:
     svc = service(request)
     caller = Caller(app_name(request), "ollama")
     started = time.perf_counter()
-    run = svc.generate(lease, req, caller)
+    lease, req, run = await svc.start(
+        reference, caller, build, n_ctx=opts.num_ctx, keep_alive_s=keep_alive
+    )
+    model_name = asked_name or lease.handle.resolved.manifest.id
     first = await svc.first_chunk(run, request)
 
     def piece(text: str, calls: list[ToolCallDelta] | None = None) -> Any:
@@ -309,28 +310,24 @@ async def _generation_response(
     return CancellableStream(lines(), run.cancel, "application/x-ndjson")
 
 
-async def _lease_request(
+def _builder(
     request: Request,
-    reference: str | None,
-    keep_alive: float | None,
     opts: Options,
     fmt: Format,
     messages: tuple[Message, ...] = (),
     prompt: str | None = None,
     logprobs: int | None = None,
     tools: tuple[Tool, ...] = (),
-) -> tuple[Lease, GenerationRequest]:
-    """Lease the model and build the request; the lease is released if building fails."""
+) -> Callable[[Lease], GenerationRequest]:
+    """How to build the request once the model is leased (Service.start owns the lease)."""
     max_tokens = _max_tokens(opts)  # a bad num_predict is refused before any loading
     svc = service(request)
-    lease = await svc.lease(
-        reference, Caller(app_name(request), "ollama"), n_ctx=opts.num_ctx, keep_alive_s=keep_alive
-    )
-    try:
+
+    def build(lease: Lease) -> GenerationRequest:
         if tools:
             require_tools(lease)
         capped = svc.cap_tokens(max_tokens, lease)
-        return lease, _request(
+        return _request(
             lease,
             opts,
             capped,
@@ -340,9 +337,8 @@ async def _lease_request(
             logprobs=logprobs,
             tools=tools,
         )
-    except BaseException:
-        lease.release()
-        raise
+
+    return build
 
 
 @router.post("/api/chat", response_model=None)
@@ -359,19 +355,16 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     tools = ollama_tools(body.tools)
     check_tools(messages, tools, ToolChoice())
     opts = _check_options(body.options)
-    lease, req = await _lease_request(
+    build = _builder(
         request,
-        reference,
-        keep_alive,
         opts,
         body.format,
         messages=messages,
         logprobs=_logprobs(body.logprobs, body.top_logprobs),
         tools=tools,
     )
-    name = body.model or lease.handle.resolved.manifest.id
     return await _generation_response(
-        request, lease, req, body.stream is not False, name, "message"
+        request, reference, build, opts, keep_alive, body.stream is not False, body.model, "message"
     )
 
 
@@ -393,20 +386,16 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     opts = _check_options(body.options)
     logprobs = _logprobs(body.logprobs, body.top_logprobs)
     if body.raw:
-        lease, req = await _lease_request(
-            request, reference, keep_alive, opts, body.format, prompt=body.prompt, logprobs=logprobs
-        )
+        build = _builder(request, opts, body.format, prompt=body.prompt, logprobs=logprobs)
     else:
         msgs = ((Message("system", body.system),) if body.system else ()) + (
             Message("user", body.prompt),
         )
-        lease, req = await _lease_request(
-            request, reference, keep_alive, opts, body.format, messages=msgs, logprobs=logprobs
-        )
-    name = body.model or lease.handle.resolved.manifest.id
+        build = _builder(request, opts, body.format, messages=msgs, logprobs=logprobs)
     return await _generation_response(
-        request, lease, req, body.stream is not False, name, "response"
-    )
+        request, reference, build, opts, keep_alive, body.stream is not False, body.model,
+        "response",
+    )  # fmt: skip
 
 
 async def _embed(
@@ -419,15 +408,14 @@ async def _embed(
 ) -> tuple[list[list[float]], int, Lease, float]:
     svc = service(request)
     started = time.perf_counter()
-    lease = await svc.lease(
+    vectors, n, lease = await svc.embed(
         reference or svc.settings.default_embedding_model,
+        texts,
         Caller(app_name(request), "ollama"),
+        truncate=truncate,
         n_ctx=opts.num_ctx if opts else None,
-        embedding=True,
         keep_alive_s=keep_alive,
     )
-    texts = await fitted_inputs(lease, texts, truncate=truncate)
-    vectors, n = await svc.embed(lease, texts, Caller(app_name(request), "ollama"))
     return vectors, n, lease, started
 
 

@@ -20,7 +20,6 @@ from locara.errors import LocaraError, UnknownModelError, UnsupportedFeatureErro
 from locara.server.common import (
     app_name,
     check_sampling,
-    fitted_inputs,
     parse_keep_alive,
     require_tools,
     sampling_from,
@@ -228,13 +227,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     check_tools(messages, tools, tool_choice)
     schema = _schema_of(body)
     keep_alive = parse_keep_alive(body.keep_alive)
-    lease = await svc.lease(body.model, caller, n_ctx=body.num_ctx, keep_alive_s=keep_alive)
-    try:
+    max_tokens = body.max_completion_tokens or body.max_tokens
+
+    def build(lease: Lease) -> GenerationRequest:
         if tools:
             require_tools(lease)
-        req = GenerationRequest(
+        return GenerationRequest(
             messages=messages,
-            max_tokens=svc.cap_tokens(body.max_completion_tokens or body.max_tokens, lease),
+            max_tokens=svc.cap_tokens(max_tokens, lease),
             sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
             stop=stop_tuple(body.stop),
             json_schema=schema,
@@ -243,10 +243,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             tool_choice=tool_choice,
             parallel_tool_calls=body.parallel_tool_calls,
         ).validate()
-    except BaseException:
-        lease.release()
-        raise
-    run = svc.generate(lease, req, caller)
+
+    lease, req, run = await svc.start(
+        body.model, caller, build, n_ctx=body.num_ctx, keep_alive_s=keep_alive
+    )
     first = await svc.first_chunk(run, request)
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -362,19 +362,19 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     if body.best_of not in (None, 1):
         raise UsageError("best_of > 1 is not supported", "omit best_of")
     keep_alive = parse_keep_alive(body.keep_alive)
-    lease = await svc.lease(body.model, caller, n_ctx=body.num_ctx, keep_alive_s=keep_alive)
-    try:
-        req = GenerationRequest(
+
+    def build(lease: Lease) -> GenerationRequest:
+        return GenerationRequest(
             prompt=prompt,
             max_tokens=svc.cap_tokens(body.max_tokens, lease),
             sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
             stop=stop_tuple(body.stop),
             logprobs=body.logprobs,
         ).validate()
-    except BaseException:
-        lease.release()
-        raise
-    run = svc.generate(lease, req, caller)
+
+    lease, req, run = await svc.start(
+        body.model, caller, build, n_ctx=body.num_ctx, keep_alive_s=keep_alive
+    )
     first = await svc.first_chunk(run, request)
     cid = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -463,17 +463,16 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     caller = Caller(app_name(request), "openai")
     texts = embedding_inputs(body.input)
     reference = body.model or svc.settings.default_embedding_model
-    lease = await svc.lease(
+    # OpenAI refuses over-long input (no truncation): so does this route.
+    vectors, n_tokens, lease = await svc.embed(
         reference,
+        texts,
         caller,
+        truncate=False,
         n_ctx=body.num_ctx,
-        embedding=True,
         keep_alive_s=parse_keep_alive(body.keep_alive),
     )
     model_name = body.model or lease.handle.resolved.manifest.id
-    # OpenAI refuses over-long input (no truncation): so does this route.
-    texts = await fitted_inputs(lease, texts, truncate=False)
-    vectors, n_tokens = await svc.embed(lease, texts, caller)
     if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
         raise UsageError(
             f"this model's embeddings have {len(vectors[0])} dimensions, not {body.dimensions}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from fastapi import Request
@@ -21,6 +21,7 @@ from locara.engine.runner import RunResult, ThreadedRun, in_thread
 from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
 from locara.ledger import UsageRecord, record_usage
 from locara.server.config import ServerConfig
+from locara.server.embed_inputs import fit_embedding_inputs
 from locara.server.errors import HTTPError
 from locara.server.metrics import Metrics
 from locara.server.tokens import TokenStore
@@ -125,15 +126,33 @@ class Service:
             return max_tokens
         return cap if max_tokens is None else min(max_tokens, cap)
 
-    def generate(self, lease: Lease, req: GenerationRequest, caller: Caller) -> ThreadedRun[Chunk]:
-        """Start generating in a thread; the lease is released when the thread is done."""
-        model = lease.handle.model
-        if req.json_schema is not None and not model.capabilities.json_schema:
+    async def start(
+        self,
+        reference: str | None,
+        caller: Caller,
+        build: Callable[[Lease], GenerationRequest],
+        *,
+        n_ctx: int | None = None,
+        keep_alive_s: float | None = None,
+    ) -> tuple[Lease, GenerationRequest, ThreadedRun[Chunk]]:
+        """Lease the model, build the request on it, start generating in a thread.
+
+        The one owner of a generation's lease: released here if building the request
+        fails, else when the generation thread is done, whatever the outcome. Routes read
+        the returned lease (model id, load time) and never release it.
+        """
+        lease = await self.lease(reference, caller, n_ctx=n_ctx, keep_alive_s=keep_alive_s)
+        try:
+            req = build(lease)
+            model = lease.handle.model
+            if req.json_schema is not None and not model.capabilities.json_schema:
+                raise UnsupportedFeatureError(
+                    f"{lease.handle.resolved.manifest.id} cannot enforce a JSON schema",
+                    "use a llama.cpp (GGUF) model for response_format/format",
+                )
+        except BaseException:
             lease.release()
-            raise UnsupportedFeatureError(
-                f"{lease.handle.resolved.manifest.id} cannot enforce a JSON schema",
-                "use a llama.cpp (GGUF) model for response_format/format",
-            )
+            raise
 
         def make() -> Iterator[Chunk]:
             return model.generate(replace(req, cancelled=lambda: run.cancelled))
@@ -143,22 +162,43 @@ class Service:
             self._account_generation(lease, caller, result)
 
         run = ThreadedRun(make, done, is_last=lambda c: c.finish_reason is not None)
-        return run.start()
+        return lease, req, run.start()
+
+    async def preload(
+        self, reference: str | None, caller: Caller, keep_alive_s: float | None
+    ) -> None:
+        """Load the model (Ollama's empty request) and let its keep-alive clock start."""
+        (await self.lease(reference, caller, keep_alive_s=keep_alive_s)).release()
 
     async def embed(
-        self, lease: Lease, texts: list[str], caller: Caller
-    ) -> tuple[list[list[float]], int]:
-        """Vectors for ``texts`` and the number of tokens they took; releases the lease."""
+        self,
+        reference: str,
+        texts: list[str],
+        caller: Caller,
+        *,
+        truncate: bool,
+        n_ctx: int | None = None,
+        keep_alive_s: float | None = None,
+    ) -> tuple[list[list[float]], int, Lease]:
+        """Vectors for ``texts``, the tokens they took, and the (released) lease.
+
+        Over-long inputs are cut to the context when ``truncate``, else refused. The
+        lease is this method's alone: released on every way out.
+        """
+        lease = await self.lease(
+            reference, caller, n_ctx=n_ctx, embedding=True, keep_alive_s=keep_alive_s
+        )
         started = time.perf_counter()
-        model = lease.handle.model
+        model, model_id = lease.handle.model, lease.handle.resolved.manifest.id
 
         def work() -> tuple[list[int], list[list[float]]]:
             # Tokenizing costs time too (it grows with the input): never on the event loop.
-            counts = [model.count_tokens(t) for t in texts]
+            fitted = fit_embedding_inputs(model, model_id, texts, truncate=truncate)
+            counts = [model.count_tokens(t) for t in fitted]
             for n in counts:
                 if n > model.n_ctx:
                     raise ContextOverflowError(n, 0, model.n_ctx)
-            return counts, model.embed(texts)
+            return counts, model.embed(fitted)
 
         try:
             counts, vectors = await in_thread(work, name="locara-embed")
@@ -169,7 +209,7 @@ class Service:
             lease.release()
         elapsed = time.perf_counter() - started
         await in_thread(self._account_simple, lease, caller, "ok", sum(counts), None, elapsed)
-        return vectors, sum(counts)
+        return vectors, sum(counts), lease
 
     # -- accounting ------------------------------------------------------------------
     def _account_generation(self, lease: Lease, caller: Caller, result: RunResult[Chunk]) -> None:
