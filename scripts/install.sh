@@ -162,6 +162,31 @@ if [[ "${LOCARA_SKIP_LLAMA_SERVER:-0}" != "1" ]]; then
   fi
 fi
 
+# --- programs the tests drive (dev extra only) ------------------------------------
+# chromium: the web dashboard's tests run the real page in it (Playwright drives the
+# system browser; `playwright install` would download one, which fails offline).
+# espeak-ng + sox: the speech tests make their audio offline. Nothing is installed
+# silently: without root or sudo this says what to run, and those tests skip loudly.
+TEST_PROGRAMS=(chromium espeak-ng sox)
+if [[ ",${LOCARA_EXTRAS:-dev}," == *",dev,"* ]] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for prog in "${TEST_PROGRAMS[@]}"; do
+    command -v "$prog" >/dev/null 2>&1 || missing+=("$prog")
+  done
+  if (( ${#missing[@]} )); then
+    SUDO=""
+    [[ "$(id -u)" != "0" ]] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+    if [[ "$(id -u)" == "0" || -n "$SUDO" ]]; then
+      log "installing the test programs ${missing[*]} with apt-get"
+      $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+        || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; } \
+        || log "WARNING: apt-get could not install ${missing[*]}; the tests that need them will skip"
+    else
+      log "WARNING: ${missing[*]} missing; run: sudo apt-get install ${missing[*]} (their tests skip until then)"
+    fi
+  fi
+fi
+
 log "installing locara (editable) and its pinned dependencies"
 "$VPY" -m pip install --quiet --disable-pip-version-check --find-links "$WHEEL_DIR" \
   -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench}]"
