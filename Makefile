@@ -4,7 +4,7 @@ LOCARA := $(VENV)/bin/locara
 PY := $(VENV)/bin/python
 PROMPT ?= Name the capital city of France.
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench cli-docs
 
 install:
 	./scripts/install.sh
@@ -22,3 +22,7 @@ test: lint
 
 bench: install
 	$(PY) bench/decode.py
+
+# docs/cli.md from every command's --help (tests/test_cli_reference.py fails when stale).
+cli-docs:
+	$(PY) -m locara.cli.reference docs/cli.md
