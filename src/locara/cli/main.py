@@ -71,12 +71,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# alias -> (command, arguments put before the user's): the local-model helper's verbs.
+ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "models": ("ls", ()),
+    "download": ("pull", ()),
+    "benchmark": ("bench", ()),
+    "chat": ("run", ("--interactive",)),
+}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = COMMANDS.get(cmd_name)
+        entry = COMMANDS.get(ALIASES.get(cmd_name, (cmd_name,))[0])
         if entry is None:
             return None
         module, attr, _ = entry
@@ -84,9 +93,25 @@ class LazyGroup(click.Group):
         assert isinstance(cmd, click.Command)
         return cmd
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # An alias keeps its own name (usage lines say `locara chat`) and gets its arguments.
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name in ALIASES:
+            rest = [*ALIASES[name][1], *rest]
+        return name, cmd, rest
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Help text comes from the table, so listing commands imports none of them.
-        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        # Help text comes from the table, so listing commands imports none of them. Each
+        # alias is shown once, beside its command, not as a command of its own.
+        aliases: dict[str, list[str]] = {}
+        for alias, (target, _) in sorted(ALIASES.items()):
+            aliases.setdefault(target, []).append(alias)
+        rows = [
+            (", ".join([name, *aliases.get(name, [])]), COMMANDS[name][2])
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

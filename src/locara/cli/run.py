@@ -100,6 +100,8 @@ def run(
 ) -> None:
     """Run MODEL on PROMPT and stream the answer; without PROMPT, chat interactively.
 
+    `locara chat [MODEL]` is `locara run --interactive [MODEL]`.
+
     \b
     Examples:
       locara run "Name the capital city of France."
