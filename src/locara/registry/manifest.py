@@ -21,9 +21,11 @@ ModelId = Annotated[str, AfterValidator(check_model_id)]
 Quant = Annotated[str, AfterValidator(check_quant)]
 
 Modality = Literal["chat", "embedding", "stt", "ocr", "vision"]
-ArtifactFormat = Literal["gguf", "mlx", "safetensors", "ggml"]
-# Backends an artifact can be declared for; whisper.cpp reads the GGML speech models.
-BACKENDS = ("llamacpp", "mlx", "whispercpp")
+# ctranslate2: a CTranslate2 model directory (faster-whisper); onnx: ONNX Runtime graphs.
+ArtifactFormat = Literal["gguf", "mlx", "safetensors", "ggml", "ctranslate2", "onnx"]
+# Backends an artifact can be declared for; whisper.cpp reads the GGML speech models,
+# faster_whisper the CTranslate2 ones, rapidocr its detection/recognition ONNX graphs.
+BACKENDS = ("llamacpp", "mlx", "whispercpp", "faster_whisper", "rapidocr")
 
 _SOURCE_SCHEMES = ("https://", "http://", "hf://", "package://", "file://", "derived://")
 
@@ -49,7 +51,10 @@ class ArtifactFile(_Strict):
     mirrors: tuple[Source, ...] = ()
     sha256: Sha256
     size_bytes: int = Field(gt=0)
-    role: Literal["model", "part", "mmproj", "config", "tokenizer", "weights", "other"] = "other"
+    role: Literal[
+        "model", "part", "mmproj", "config", "tokenizer", "weights", "vocabulary",
+        "detector", "recognizer", "classifier", "other",
+    ] = "other"  # fmt: skip
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -150,9 +155,10 @@ class Artifact(_Strict):
 
     @property
     def extension(self) -> str:
-        return {"gguf": "gguf", "mlx": "mlx", "safetensors": "safetensors", "ggml": "bin"}[
-            self.format
-        ]
+        return {
+            "gguf": "gguf", "mlx": "mlx", "safetensors": "safetensors", "ggml": "bin",
+            "ctranslate2": "bin", "onnx": "onnx",
+        }[self.format]  # fmt: skip
 
 
 class ModelConfig(_Strict):

