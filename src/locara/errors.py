@@ -7,7 +7,9 @@ exceptions still catch them sensibly.
     LocaraError(Exception)
     ├── UsageError(ValueError)              bad arguments, bad references, bad sampling values
     │   ├── InvalidReferenceError           a model reference/id/digest/filename that is not allowed
-    │   └── TemplateRefusedError            a chat template refused the messages (role order, …)
+    │   ├── TemplateRefusedError            a chat template refused the messages (role order, …)
+    │   ├── AdapterMismatchError            an adapter refused for a base it was not made for
+    │   └── UnknownAdapterError(KeyError)   no registered adapter with that id
     ├── UnknownModelError(KeyError)         no manifest with that id (suggests near matches)
     ├── ManifestError(ValueError)           a manifest that does not validate
     ├── StoreError(OSError)                 the store cannot be written/read (permissions, disk full)
@@ -61,6 +63,17 @@ class InvalidReferenceError(UsageError):
 
 class TemplateRefusedError(UsageError):
     """A chat template's own check refused the messages (roles out of order, and the like)."""
+
+
+class AdapterMismatchError(UsageError):
+    """An adapter refused before loading: another base digest, architecture, tensors or shapes."""
+
+
+class UnknownAdapterError(UsageError, KeyError):
+    """No registered adapter with this id."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
 
 
 class UnknownModelError(LocaraError, KeyError):
