@@ -112,7 +112,10 @@ def run(
     cfg = settings()
     reference, prompt = _split_args(cfg, args, model)
     if interactive and prompt is not None:
-        raise UsageError("--interactive takes no prompt", "drop the prompt, or drop -i")
+        raise UsageError(
+            "a chat (locara chat, run -i) takes no prompt",
+            'type it in the chat, or get one answer with: locara run "PROMPT"',
+        )
     if prompt is None and not interactive and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip() or None
     if max_tokens is not None and max_tokens <= 0:

@@ -224,7 +224,9 @@ def stop(timeout_s: float) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Show whether the server runs: pid, address, uptime, loaded models, requests."""
+    """Show whether the server runs: pid, API address, uptime, requests served and their
+    average generation speed (from the usage ledger), and each loaded model with its size.
+    """
     import httpx
 
     cfg = settings()
@@ -248,6 +250,7 @@ def status(as_json: bool) -> None:
         if r.status_code == 200:
             info["requests"] = body.get("requests")
             info["loaded"] = body.get("loaded", [])
+            info["served"] = _served_since(cfg, float(state["started_at"]))
         elif r.status_code == 401:
             info["error"] = (
                 "the server requires an API token for its status; "
@@ -262,18 +265,46 @@ def status(as_json: bool) -> None:
         echo_json(info)
         return
     up = int(info["uptime_s"])
-    click.echo(f"running: pid {info['pid']} at {info['address']}")
+    click.echo(f"running: pid {info['pid']}")
+    click.echo(f"  API       {info['address']}/v1 (OpenAI), {info['address']}/api (Ollama)")
     click.echo(f"  uptime    {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s")
     if "error" in info:
         click.echo(f"  {info['error']}")
         return
-    click.echo(f"  requests  {info['requests']}")
+    served = info["served"]
+    speed = (
+        f", avg {served['avg_tps']:.1f} tok/s over {served['generations']} generation(s)"
+        if served["avg_tps"] is not None
+        else ""
+    )
+    click.echo(f"  requests  {info['requests']}{speed}")
     loaded = info["loaded"]
     if not loaded:
-        click.echo("  loaded    (none)")
+        click.echo("  model     (none loaded)")
     for m in loaded:
         mode = "embedding" if m["embedding"] else "generation"
+        quant = f" {m['quant']}" if m.get("quant") else ""
         click.echo(
-            f"  loaded    {m['model']} ({mode}, ctx {m['n_ctx']}, "
-            f"~{human_size(m['estimated_bytes'])}, {m['in_flight']} in flight)"
+            f"  model     {m['model']}{quant} ({human_size(m['size_bytes'])}; {mode}, "
+            f"ctx {m['n_ctx']}, ~{human_size(m['estimated_bytes'])} in memory, "
+            f"{m['in_flight']} in flight)"
         )
+
+
+def _served_since(cfg: Settings, started_at: float) -> dict[str, Any]:
+    """What the usage ledger recorded for API requests since the server started."""
+    from locara.errors import LedgerError
+    from locara.ledger.db import UsageDB
+
+    try:
+        rows = UsageDB(cfg.usage_db_path).rows(since=started_at)
+    except LedgerError:
+        rows = []  # status still shows what the server said; `locara usage` explains
+    rows = [r for r in rows if r["surface"] != "cli"]
+    tps = [float(r["generation_tps"]) for r in rows if r["generation_tps"]]
+    return {
+        "requests": len(rows),
+        "generations": len(tps),
+        "completion_tokens": sum(int(r["completion_tokens"] or 0) for r in rows),
+        "avg_tps": sum(tps) / len(tps) if tps else None,
+    }

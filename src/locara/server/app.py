@@ -130,6 +130,9 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
             "loaded": [
                 {
                     "model": m.model_id,
+                    "quant": m.quant,
+                    "sha256": m.sha256,
+                    "size_bytes": m.size_bytes,
                     "embedding": m.embedding,
                     "n_ctx": m.n_ctx,
                     "estimated_bytes": m.estimated_bytes,
