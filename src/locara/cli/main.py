@@ -68,6 +68,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "convert",
         "Convert a model: GGUF → MLX, HF safetensors → GGUF.",
     ),
+    "adapter": ("locara.cli.adapter", "adapter", "LoRA adapters bound to their base by digest."),
 }
 
 
