@@ -138,6 +138,17 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class AdapterUse:
+    """A LoRA adapter for one request, already bound to the loaded base by digest and
+    shape (``locara.ecology.adapters.bind``); ``scale`` is llama.cpp's per-use scale."""
+
+    id: str
+    sha256: str
+    path: Path
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """A chat (``messages``) or raw completion (``prompt``) request."""
 
@@ -151,6 +162,7 @@ class GenerationRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool | None = None  # None: as the chat template allows
+    adapters: tuple[AdapterUse, ...] = ()  # a LoRA stack; empty: the base model alone
     # Polled between batches of prompt work, so a long prompt stops soon after its client
     # went away (a generation stops between tokens anyway, when its iterator is closed).
     cancelled: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
@@ -302,6 +314,9 @@ class Capabilities:
     tools: bool = False
     logprobs: bool = False
     lora: bool = False
+    transcribe: bool = False  # speech to text (locara.backends.media.SpeechModel)
+    ocr: bool = False  # text in images (locara.backends.media.OcrModel)
+    vision: bool = False  # images in chat messages: a projector (mmproj) is loaded
     # Why ``tools`` is False, as the refusal a client sees: (what stops it, what to do).
     no_tools: tuple[str, str] = (
         "this backend does not call tools",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from locara.backends.base import (
+    AdapterUse,
     Availability,
     Capabilities,
     Chunk,
@@ -146,6 +147,7 @@ class LlamaCppModel:
             json_schema=True,
             tools=False,
             logprobs=True,
+            lora=not opts.embedding,
             # Tool calls are parsed by llama.cpp's server (see worker_tools), not in process.
             no_tools=(
                 f"{manifest.id} runs in process (not in a llama-server worker), which cannot "
@@ -157,6 +159,8 @@ class LlamaCppModel:
         self._lock = threading.Lock()
         self._stop_ids = self._single_token_ids(manifest.config.stop_tokens)
         self._facts = vocab_facts(llm._model)
+        self._adapters: dict[str, Any] = {}  # sha256 -> llama_adapter_lora handle
+        self._stack: tuple[tuple[str, float], ...] = ()  # the context's adapters and scales
 
     # -- tokens --------------------------------------------------------------------
     def check_input_size(self, text: str) -> None:
@@ -242,6 +246,7 @@ class LlamaCppModel:
 
         llm = self._llm
         s = req.sampling
+        self._use_adapters(req.adapters)
         llm.set_seed(s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
         if s.reproducible:
             llm.reset()  # no prefix reuse: the whole prompt in the same batches every time
@@ -304,6 +309,48 @@ class LlamaCppModel:
         yield Chunk(
             tail, n_out, len(tokens), end - started, finish, usage, timings, logprobs=tuple(pending)
         )
+
+    def _use_adapters(self, adapters: tuple[AdapterUse, ...]) -> None:
+        """Make ``adapters`` the context's LoRA stack; any change drops the cached prefix.
+
+        llama-cpp-python's ``generate`` silently reuses the longest common token prefix
+        of the previous call, whatever adapters computed its KV: after a swap that prefix
+        belongs to another model, so the cache is dropped and the prompt evaluated again.
+        """
+        import ctypes
+
+        import llama_cpp
+
+        stack = tuple((a.sha256, a.scale) for a in adapters)
+        if stack == self._stack:
+            return
+        handles = [self._adapter(a) for a in adapters]
+        n = len(handles)
+        array = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*handles) if n else None
+        scales = (ctypes.c_float * n)(*(a.scale for a in adapters)) if n else None
+        if llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, array, n, scales):
+            raise BackendError(
+                "llama.cpp refused the adapter stack " + ", ".join(a.id for a in adapters),
+                "check the adapters with: locara adapter show ID",
+            )
+        self._llm.reset()
+        self._stack = stack
+
+    def _adapter(self, use: AdapterUse) -> Any:
+        import llama_cpp
+
+        handle = self._adapters.get(use.sha256)
+        if handle is None:
+            handle = llama_cpp.llama_adapter_lora_init(
+                self._llm._model.model, str(use.path).encode()
+            )
+            if not handle:
+                raise BackendError(
+                    f"llama.cpp could not load adapter {use.id} ({use.path})",
+                    f"check it with: locara adapter show {use.id}",
+                )
+            self._adapters[use.sha256] = handle
+        return handle
 
     def _logprob(self, tok: int, top: int) -> TokenLogprob:
         # The logits the token was just sampled from are still the context's last row
@@ -402,4 +449,9 @@ class LlamaCppModel:
         return vectors
 
     def close(self) -> None:
+        import llama_cpp
+
+        for handle in self._adapters.values():
+            llama_cpp.llama_adapter_lora_free(handle)
+        self._adapters.clear()
         self._llm.close()
