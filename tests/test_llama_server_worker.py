@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from locara.backends.base import Chunk, GenerationRequest, LoadOptions, Message, Sampling
@@ -320,40 +320,25 @@ def test_a_worker_that_cannot_start_says_why(tmp_path: Path) -> None:
     assert not worker.alive
 
 
-def test_a_port_taken_before_the_worker_binds_it_is_replaced(
-    resolved: ResolvedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The free port is chosen before llama-server binds it; another process may take it
-    in between. A fake port chooser provokes that race (the real one cannot on demand)."""
-    from locara.backends import llama_server
-
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    real = llama_server._free_port
-    ports = iter([taken.getsockname()[1]])
-    monkeypatch.setattr(llama_server, "_free_port", lambda: next(ports, None) or real())
-    try:
-        m = _load(resolved, n_parallel=1)
-    finally:
-        taken.close()
-    try:
-        assert m.worker.starts == 2 and m.worker.state is WorkerState.READY
-        assert "couldn't bind" in m.worker.log_path.read_text()
-        assert _text(list(m.generate(_counting(2, max_tokens=4)))).startswith(" 204")
-    finally:
-        m.close()
-    with pytest.raises(BackendError, match="unloaded"):
-        list(m.generate(_counting(2, max_tokens=4)))
-    with pytest.raises(BackendError, match="unloaded"):
-        m.count_tokens("hello")
+def test_the_worker_listens_on_a_private_unix_socket_with_a_key(model: LlamaServerModel) -> None:
+    path = model.worker.socket_path
+    assert path is not None and path.is_socket()
+    assert path.parent.stat().st_mode & 0o777 == 0o700  # no other user can connect
+    argv = model.worker.config.argv(Path("x"), path)
+    assert "--port" not in argv and model.worker.api_key not in " ".join(argv)
+    # No TCP port: the worker's process listens on nothing but its socket.
+    assert not psutil.Process(model.worker.pid).net_connections(kind="inet")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path))) as c:
+        r = c.post("http://w/completion", json={"prompt": "hi", "n_predict": 1})
+    assert r.status_code == 401  # without the worker's key
 
 
-def test_the_worker_listens_on_loopback_with_a_key(model: LlamaServerModel) -> None:
-    assert model.worker.base_url.startswith("http://127.0.0.1:")
-    r = httpx.post(f"{model.worker.base_url}/completion", json={"prompt": "hi", "n_predict": 1})
-    assert r.status_code == 401
-    assert model.worker.api_key not in " ".join(model.worker.config.argv(Path("x"), 1))
+def test_a_stopped_worker_leaves_no_socket_behind(resolved: ResolvedModel) -> None:
+    m = _load(resolved, n_parallel=1)
+    path = m.worker.socket_path
+    assert path is not None and path.exists()
+    m.close()
+    assert not path.parent.exists()
 
 
 # -- finding the binary ------------------------------------------------------------------

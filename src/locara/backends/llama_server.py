@@ -7,8 +7,8 @@ renderer and tokenized here (from the GGUF's vocabulary, loaded without weights)
 worker receives token ids on its native ``/completion`` route, and stop strings go
 through the same ``StopScanner`` as in process, so both backends answer alike.
 
-The worker listens on loopback only, with a random per-process API key, and runs
-with a short OpenMP spin (see ``worker_binary.worker_environment``). A dead
+The worker listens on a Unix socket in a private directory (no TCP port), with a
+random per-process API key, and runs with a short OpenMP spin (see ``worker_binary.worker_environment``). A dead
 worker is noticed on the next request and started again; a request in flight when it
 dies ends with ``BackendError``. Closing a ``generate()`` iterator closes its HTTP
 stream, which makes llama-server cancel the task and free the slot.
@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _READY_POLL_S = 0.05
-_BIND_ATTEMPTS = 3
 _LOG_TAIL_BYTES = 8192
 _DEATH_GRACE_S = 2.0
 # What llama.cpp says when it cannot parse a template, or parses it but fails to render
@@ -78,10 +77,6 @@ _TEMPLATE_ERRORS = (
     "failed to initialize chat template",
     "the supplied chat template is not supported",
 )
-
-
-class _PortTaken(Exception):
-    """llama-server could not bind the port chosen for it."""
 
 
 class _TemplateRefused(Exception):
@@ -119,7 +114,7 @@ class WorkerConfig:
     # no tools). Locara renders every other prompt itself, so nothing else changes.
     chatml_fallback: bool = False
 
-    def argv(self, binary: Path, port: int) -> list[str]:
+    def argv(self, binary: Path, socket_path: Path) -> list[str]:
         """The command line; the API key travels in the environment, out of ``ps``."""
         total = self.n_ctx * self.n_parallel
         # A quantized V cache needs flash attention (as in process); "auto" would be a
@@ -130,8 +125,10 @@ class WorkerConfig:
             str(binary),
             "--model", str(self.model_path),
             "--alias", self.alias,
-            "--host", "127.0.0.1",
-            "--port", str(port),
+            # A Unix socket in a directory only this user can enter: no TCP port that
+            # another local user could reach, and a cheaper hop per streamed token than
+            # loopback TCP (the worker writes one event per token per request).
+            "--host", str(socket_path),
             "--threads", str(self.n_threads),
             "--threads-batch", str(self.n_threads_batch),
             "--parallel", str(self.n_parallel),
@@ -154,24 +151,20 @@ class WorkerConfig:
         )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
+def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float, socket_dir: Path) -> None:
     try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
+        if proc.poll() is not None:
+            return
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -188,7 +181,7 @@ def _describe_exit(code: int | None) -> str:
 class LlamaServerWorker:
     """One supervised ``llama-server`` process; thread-safe.
 
-    ``start()`` spawns it on a free loopback port and waits until it serves;
+    ``start()`` spawns it on a private Unix socket and waits until it serves;
     ``ensure_running()`` starts it again if it died; ``stop()`` ends it (SIGTERM, then
     SIGKILL after ``stop_timeout_s``). Its output goes to ``log_path`` (appended over
     restarts). A worker still running when the interpreter exits is stopped then.
@@ -217,7 +210,8 @@ class LlamaServerWorker:
         self.state = WorkerState.STOPPED
         self.starts = 0
         self.api_key = ""
-        self.base_url = ""
+        self.socket_path: Path | None = None
+        self._socket_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
         self._lock = threading.RLock()
@@ -278,36 +272,26 @@ class LlamaServerWorker:
         with self._lock:
             if self.alive:
                 return
-            attempt = 0
-            while True:
-                try:
-                    self._spawn_and_wait()
-                    return
-                except _TemplateRefused:  # raised once at most: ChatML always parses
-                    log.warning(
-                        "llama.cpp cannot parse the chat template of %s; its worker runs with "
-                        "ChatML instead (no tools); log: %s", self.config.alias, self.log_path,
-                    )  # fmt: skip
-                    self.config = replace(self.config, chatml_fallback=True)
-                except _PortTaken:
-                    # The free port was taken between choosing it and llama-server
-                    # binding it; another one will do.
-                    attempt += 1
-                    if attempt == _BIND_ATTEMPTS:
-                        raise BackendError(
-                            f"llama-server for {self.config.alias} found no free loopback port "
-                            f"in {_BIND_ATTEMPTS} attempts: {self.log_tail()}",
-                            f"see its log: {self.log_path}",
-                        ) from None
+            try:
+                self._spawn_and_wait()
+            except _TemplateRefused:  # raised once at most: ChatML always parses
+                log.warning(
+                    "llama.cpp cannot parse the chat template of %s; its worker runs with "
+                    "ChatML instead (no tools); log: %s", self.config.alias, self.log_path,
+                )  # fmt: skip
+                self.config = replace(self.config, chatml_fallback=True)
+                self._spawn_and_wait()
 
     def _spawn_and_wait(self) -> None:
         self._discard()
         self.state = WorkerState.STARTING
         self.starts += 1
         self.api_key = secrets.token_urlsafe(24)
-        port = _free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        argv = self.config.argv(self.binary.path, port)
+        # A new private directory per process (mode 0700; a short path under the temp
+        # directory: socket paths are limited to ~100 bytes). Removed with the process.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="locara-w-"))
+        self.socket_path = self._socket_dir / "worker.sock"
+        argv = self.config.argv(self.binary.path, self.socket_path)
         env = worker_environment(self.binary)
         env["LLAMA_API_KEY"] = self.api_key
         with self.log_path.open("ab") as logf:
@@ -324,14 +308,17 @@ class LlamaServerWorker:
                 start_new_session=True,
             )
         proc = self._proc
-        self._finalizer = weakref.finalize(self, _stop_process, proc, self.stop_timeout_s)
+        self._finalizer = weakref.finalize(
+            self, _stop_process, proc, self.stop_timeout_s, self._socket_dir
+        )
         self._client = httpx.Client(
-            base_url=self.base_url,
+            transport=httpx.HTTPTransport(uds=str(self.socket_path)),
+            base_url="http://llama-server",
             headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
             # No keep-alive: llama-server sometimes closes a connection after a
             # streamed answer although it announced keep-alive, and the next request
-            # on it fails. A new loopback connection per request costs microseconds.
+            # on it fails. A new Unix-socket connection per request costs microseconds.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
         )
         try:
@@ -342,7 +329,7 @@ class LlamaServerWorker:
             raise
         self.state = WorkerState.READY
         log.info(
-            "llama-server for %s ready: pid %d, %s", self.config.alias, proc.pid, self.base_url
+            "llama-server for %s ready: pid %d, %s", self.config.alias, proc.pid, self.socket_path
         )
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
@@ -354,8 +341,6 @@ class LlamaServerWorker:
             code = proc.poll()
             if code is not None:
                 tail = self.log_tail()
-                if "couldn't bind" in tail:
-                    raise _PortTaken
                 said = self.log_tail(40)
                 if not self.config.chatml_fallback and any(e in said for e in _TEMPLATE_ERRORS):
                     raise _TemplateRefused
