@@ -15,16 +15,31 @@ from pathlib import Path
 
 import platformdirs
 
+from locara.errors import UsageError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
+# Images larger than this are refused from their header, before decoding (OCR, vision).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 _TRUE = {"1", "true", "yes", "on"}
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in _TRUE
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) == 0:
+        raise UsageError(
+            f"{name}={raw!r} is not a positive integer", f"set {name} to e.g. {default}"
+        )
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ class Settings:
     port: int = DEFAULT_PORT
     hf_token: str | None = field(default=None, repr=False)
     hf_endpoint: str = "https://huggingface.co"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    allow_remote_images: bool = False  # fetch http(s) image_url values (egress)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +82,8 @@ class Settings:
             port=int(port_s) if port_s.isdigit() else DEFAULT_PORT,
             hf_token=env.get("HF_TOKEN") or None,
             hf_endpoint=env.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"),
+            max_image_pixels=_positive(env, "LOCARA_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+            allow_remote_images=_flag(env, "LOCARA_ALLOW_REMOTE_IMAGES"),
         )
 
     # Every path Locara writes is derived here, and only here.

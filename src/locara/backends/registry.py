@@ -1,4 +1,5 @@
-"""Backends by name: ``llama_cpp`` and ``mlx``, looked up without importing their engines.
+"""Backends by name: ``llama_cpp``, ``mlx``, ``faster_whisper`` (speech) and ``rapidocr``
+(OCR), looked up without importing their engines.
 
 ``get_backend(name)`` is what the loader and the CLI's ``--backend`` option call;
 which backend runs a model is the planner's decision (``locara.planner.routing``).
@@ -21,6 +22,17 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
     "mlx": ("locara.backends.mlx", "MlxBackend", "pip install 'locara[mlx]'"),
     # How the llama_cpp backend runs generation when the plan says so (Plan.runtime).
     "llama_server": ("locara.backends.llama_server", "LlamaServerBackend", "./scripts/install.sh"),
+    # Speech-to-text and OCR models (manifest modality stt / ocr).
+    "faster_whisper": (
+        "locara.backends.faster_whisper",
+        "FasterWhisperBackend",
+        "pip install 'locara[media]' (or ./scripts/install.sh)",
+    ),
+    "rapidocr": (
+        "locara.backends.rapidocr",
+        "RapidOcrBackend",
+        "pip install 'locara[media]' && pip install --no-deps rapidocr-onnxruntime==1.4.4",
+    ),
 }
 # Manifests key artifacts by "llamacpp"; users and the planner may say either.
 _ALIASES = {"llamacpp": "llama_cpp", "llama.cpp": "llama_cpp", "llama-cpp": "llama_cpp"}
@@ -38,7 +50,7 @@ def canonical_name(name: str) -> str:
 
 
 def manifest_key(name: str) -> str:
-    """The key a manifest's ``artifacts`` uses for this backend (``llamacpp``, ``mlx``)."""
+    """The key a manifest's ``artifacts`` uses for this backend (``llamacpp``, ``mlx``, …)."""
     return "llamacpp" if canonical_name(name) == "llama_cpp" else canonical_name(name)
 
 

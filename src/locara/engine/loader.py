@@ -119,7 +119,9 @@ def resolve(
 
     first = plan_for(request, paths)
     backend = first.backend or request.backend or "llama_cpp"
-    key = "mlx" if backend == "mlx" and manifest.artifact_list("mlx") else "llamacpp"
+    # The plan's backend names its artifacts key (mlx, faster_whisper, rapidocr), except
+    # llama_cpp's, which manifests call "llamacpp".
+    key = backend if manifest.artifact_list(backend) else "llamacpp"
     store = BlobStore(settings)
     # A stored or bundled artifact beats a download (so the default model runs offline);
     # the plan's own pick is what gets downloaded when nothing is at hand.

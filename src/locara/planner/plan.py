@@ -66,6 +66,7 @@ from locara.planner.budget import (
     quant_rank,
     ram_budget,
 )
+from locara.planner.media import is_media, plan_media
 from locara.planner.placement import (
     ALL_LAYERS,
     Fitted,
@@ -322,6 +323,8 @@ def plan_model(
     """
     request = request or PlanRequest()
     paths = gguf_path_of or {}
+    if is_media(manifest):
+        return _media_plan(manifest, device, request, paths)
 
     requested = request.n_ctx
     trained = manifest.context_length
@@ -424,6 +427,40 @@ def plan_model(
 
 
 def _candidates(pl: _Planning, backend: str, paths: Mapping[str, Path]) -> list[Artifact]:
+def _media_plan(
+    manifest: ModelManifest, device: DeviceProfile, request: PlanRequest, paths: Mapping[str, Path]
+) -> Plan:
+    """A speech or OCR model's plan (``locara.planner.media``), in the shape of any plan."""
+    fit = plan_media(
+        manifest,
+        device,
+        sha256=request.sha256,
+        budget_bytes=request.memory_budget_bytes,
+        stored=paths,
+    )
+    rejected = tuple(Rejected(fit.backend, None, why) for why in fit.why_not)
+    if fit.artifact is None:
+        return Plan(
+            manifest.id, False, budget_bytes=fit.budget_bytes,
+            reasons=tuple(fit.reasons + fit.why_not), rejected=rejected,
+            alternatives=("free memory (close other programs), then: locara plan " + manifest.id,),
+        )  # fmt: skip
+    return Plan(
+        model_id=manifest.id,
+        ok=True,
+        backend=fit.backend,
+        artifact=fit.artifact,
+        n_ctx=manifest.context_length,
+        n_threads=fit.threads,
+        n_threads_batch=fit.threads,
+        ram_bytes=fit.ram_bytes,
+        budget_bytes=fit.budget_bytes,
+        exact_shape=True,  # its memory does not depend on a header read after download
+        reasons=tuple(fit.reasons),
+        rejected=rejected,
+    )
+
+
     """This backend's artifacts in the order to try them: best quant for the device first."""
     request = pl.request
     arts = list(artifacts_for(pl.manifest, backend, request.backend))
