@@ -426,7 +426,6 @@ def plan_model(
     return _no_fit(pl, near_misses)
 
 
-def _candidates(pl: _Planning, backend: str, paths: Mapping[str, Path]) -> list[Artifact]:
 def _media_plan(
     manifest: ModelManifest, device: DeviceProfile, request: PlanRequest, paths: Mapping[str, Path]
 ) -> Plan:
@@ -461,6 +460,7 @@ def _media_plan(
     )
 
 
+def _candidates(pl: _Planning, backend: str, paths: Mapping[str, Path]) -> list[Artifact]:
     """This backend's artifacts in the order to try them: best quant for the device first."""
     request = pl.request
     arts = list(artifacts_for(pl.manifest, backend, request.backend))
