@@ -69,6 +69,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Convert a model: GGUF → MLX, HF safetensors → GGUF.",
     ),
     "adapter": ("locara.cli.adapter", "adapter", "LoRA adapters bound to their base by digest."),
+    "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
 }
 
 

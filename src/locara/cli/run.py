@@ -7,9 +7,10 @@ from dataclasses import asdict, replace
 
 import click
 
-from locara.backends.base import Chunk, GenerationRequest, Message, Sampling
+from locara.backends.base import AdapterUse, Chunk, GenerationRequest, Message, Sampling
 from locara.cli.common import byte_progress, echo_json, human_size, settings
 from locara.cli.main import render_error
+from locara.ecology.adapters import AdapterSpec, bind_loaded
 from locara.engine.accounting import generation_record
 from locara.engine.loader import ModelHandle, load, resolve
 from locara.errors import LocaraError, UsageError
@@ -76,6 +77,13 @@ def _split_args(cfg: Settings, args: tuple[str, ...], model: str | None) -> tupl
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the plan's)."
 )
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    metavar="ID[:SCALE]",
+    help="Apply a LoRA adapter (repeat for a stack); refused unless made for this base.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer and stats as JSON.")
 @click.option("--verbose", is_flag=True, help="Print the plan, speeds and timings on stderr.")
 @click.option("-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal.")
@@ -94,6 +102,7 @@ def run(
     backend: str | None,
     gpu_layers: int | None,
     threads: int | None,
+    adapters: tuple[str, ...],
     as_json: bool,
     verbose: bool,
     interactive: bool,
@@ -134,6 +143,7 @@ def run(
         "seed": seed,
     }
     Sampling.of(None, **given)
+    specs = [AdapterSpec.parse(a) for a in adapters]
     if backend is not None:
         from locara.backends.registry import canonical_name, get_backend
 
@@ -143,7 +153,7 @@ def run(
     # needs one slot.
     request = PlanRequest(
         n_ctx=ctx,
-        features=frozenset({"generation"}),
+        features=frozenset({"generation", "lora"} if specs else {"generation"}),
         backend=backend,
         n_gpu_layers=gpu_layers,
         n_threads=threads,
@@ -157,15 +167,20 @@ def run(
     if verbose:
         for line in describe_plan(resolved.plan):
             click.echo(line, err=True)
+    # Refused here, before anything is loaded: an adapter made for another base.
+    uses = bind_loaded(cfg, specs, resolved, lora=True)
     handle = load(cfg, resolved)
+    bind_loaded(cfg, specs, resolved, lora=handle.model.capabilities.lora)
     try:
         if prompt is None:
             if as_json:
                 raise UsageError("--json needs a prompt", 'pass one: locara run --json "..."')
-            _interactive(handle, system, sampling, max_tokens, verbose)
+            _interactive(handle, system, sampling, max_tokens, verbose, uses)
         else:
             messages = ((Message("system", system),) if system else ()) + (Message("user", prompt),)
-            req = GenerationRequest(messages=messages, max_tokens=max_tokens, sampling=sampling)
+            req = GenerationRequest(
+                messages=messages, max_tokens=max_tokens, sampling=sampling, adapters=uses
+            )
             _answer(handle, req, as_json, verbose)
     finally:
         handle.close()
@@ -234,6 +249,9 @@ def _answer(handle: ModelHandle, req: GenerationRequest, as_json: bool, verbose:
                 "sha256": res.blob.sha256,
                 "quant": res.artifact.quant,
                 "backend": handle.backend,
+                "adapters": [
+                    {"id": a.id, "sha256": a.sha256, "scale": a.scale} for a in req.adapters
+                ],
                 "text": text,
                 "finish_reason": last.finish_reason,
                 "usage": {
@@ -278,6 +296,7 @@ def _interactive(
     sampling: Sampling,
     max_tokens: int | None,
     verbose: bool,
+    adapters: tuple[AdapterUse, ...] = (),
 ) -> None:
     name = handle.resolved.manifest.id
     click.echo(f"Chatting with {name}. Type /help for commands, /bye to leave.", err=True)
@@ -329,7 +348,9 @@ def _interactive(
             continue
         history.append(Message("user", text))
         messages = ((Message("system", system),) if system else ()) + tuple(history)
-        req = GenerationRequest(messages=messages, max_tokens=max_tokens, sampling=sampling)
+        req = GenerationRequest(
+            messages=messages, max_tokens=max_tokens, sampling=sampling, adapters=adapters
+        )
         try:
             answer = _answer(handle, req, False, verbose)
         except KeyboardInterrupt:

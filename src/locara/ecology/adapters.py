@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -36,11 +37,16 @@ from locara.errors import (
     ManifestError,
     StoreError,
     UnknownAdapterError,
+    UnsupportedFeatureError,
     UsageError,
 )
 from locara.registry.names import check_model_id
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, hash_file
+from locara.store.index import ADAPTER_BASE_PREFIX
+
+if TYPE_CHECKING:
+    from locara.engine.loader import ResolvedModel
 
 HOLDER = "adapter:"
 _SPEC = re.compile(r"(?P<id>[a-z0-9][a-z0-9._-]{0,127})(?::(?P<scale>[^:]+))?")
@@ -206,6 +212,7 @@ class AdapterRegistry:
             created_at=_now(),
         )
         self.store.index.add_ref(sha, HOLDER + adapter_id)
+        self.store.index.add_ref(base.sha256, ADAPTER_BASE_PREFIX + adapter_id)
         self._write(manifest)
         if parent is not None:
             parent_sha, _ = hash_file(parent)
@@ -231,6 +238,7 @@ class AdapterRegistry:
         manifest = self.get(adapter_id)
         self._path(adapter_id).unlink()
         self.store.index.remove_refs(HOLDER + adapter_id)
+        self.store.index.remove_refs(ADAPTER_BASE_PREFIX + adapter_id)
         if not self.store.index.refs(manifest.sha256):
             if self.store.in_use(manifest.sha256):
                 raise StoreError(
@@ -286,3 +294,26 @@ def resolve_base(settings: Settings, reference: str) -> BaseArtifact:
 
     resolved = resolve(settings, reference)
     return BaseArtifact(resolved.blob.sha256, resolved.blob.path, resolved.manifest.id)
+
+
+def bind_loaded(
+    settings: Settings, specs: Iterable[AdapterSpec], resolved: ResolvedModel, lora: bool
+) -> tuple[AdapterUse, ...]:
+    """``specs`` bound to a resolved (or loaded) model; ``lora``: the model can apply them.
+
+    Every refusal happens here, before the backend sees an adapter: unknown ids, another
+    base, shapes, scales; and a model loaded where adapters cannot be applied.
+    """
+    specs = list(specs)
+    if not specs:
+        return ()
+    base = BaseArtifact(resolved.blob.sha256, resolved.blob.path, resolved.manifest.id)
+    uses = AdapterRegistry(settings).bind(specs, base)
+    if not lora:
+        raise UnsupportedFeatureError(
+            f"{resolved.manifest.id} was loaded in a llama-server worker, which does not apply "
+            "LoRA adapters yet",
+            "unload it (locara stop, or keep_alive 0) and request it again: a model with "
+            "adapters registered is loaded in process (locara adapter ls)",
+        )
+    return uses

@@ -132,7 +132,15 @@ def resolve(
 
         record_derivation(settings, artifact.sources, blob.sha256)
     plan = first
-    if not (first.ok and first.artifact == artifact and first.exact_shape):
+    # Adapters are bound to this very blob: plan the runtime that applies them.
+    lora = (
+        "generation" in request.features
+        and "lora" not in request.features
+        and store.index.has_adapters(blob.sha256)
+    )
+    if lora:
+        request = replace(request, features=request.features | {"lora"})
+    if lora or not (first.ok and first.artifact == artifact and first.exact_shape):
         # Plan again for exactly this artifact, now with its real GGUF header.
         gguf = {**paths, blob.sha256: blob.path} if artifact.format == "gguf" else paths
         plan = plan_for(replace(request, sha256=artifact.sha256), gguf)

@@ -346,7 +346,8 @@ def plan_model(
         vram=vram,
         offload=gpu_offload,
         layers=ALL_LAYERS if layers is not None and layers < 0 else layers,
-        worker=llama_server and not request.in_process,
+        # LoRA adapters are applied in process (the worker does not load them yet).
+        worker=llama_server and not request.in_process and "lora" not in request.features,
     )
     pl = _Planning(
         manifest, device, request, list(bench_results), room,
@@ -624,6 +625,12 @@ def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
         elif request.in_process:
             runtime = "in-process"
             pl.overrides.append("llama.cpp in process: asked for by the caller")
+        elif "lora" in request.features:
+            runtime = "in-process"
+            pl.reasons.append(
+                "llama.cpp in process: LoRA adapters are applied per request here (the "
+                "llama-server worker does not load adapters yet)"
+            )
         elif pl.room.worker:
             runtime = "llama-server"
             pl.reasons.append(

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from locara import __version__
 from locara.backends.base import (
+    AdapterUse,
     Chunk,
     GenerationRequest,
     Message,
@@ -43,6 +44,7 @@ from locara.errors import (
 from locara.registry.catalog import Registry
 from locara.registry.manifest import ModelManifest
 from locara.registry.refs import parse_ref
+from locara.server.adapters import AdapterList, request_adapters
 from locara.server.common import (
     app_name,
     check_sampling,
@@ -164,6 +166,7 @@ def _request(
     prompt: str | None = None,
     logprobs: int | None = None,
     tools: tuple[Tool, ...] = (),
+    adapters: tuple[AdapterUse, ...] = (),
 ) -> GenerationRequest:
     sampling = sampling_from(
         lease.handle.resolved.manifest,
@@ -183,6 +186,7 @@ def _request(
         json_schema=_schema(fmt),
         logprobs=logprobs,
         tools=tools,
+        adapters=adapters,
     ).validate()
 
 
@@ -318,6 +322,7 @@ def _builder(
     prompt: str | None = None,
     logprobs: int | None = None,
     tools: tuple[Tool, ...] = (),
+    adapters: AdapterList = None,
 ) -> Callable[[Lease], GenerationRequest]:
     """How to build the request once the model is leased (Service.start owns the lease)."""
     max_tokens = _max_tokens(opts)  # a bad num_predict is refused before any loading
@@ -336,6 +341,7 @@ def _builder(
             prompt=prompt,
             logprobs=logprobs,
             tools=tools,
+            adapters=request_adapters(svc.settings, adapters, lease),
         )
 
     return build
@@ -362,6 +368,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         messages=messages,
         logprobs=_logprobs(body.logprobs, body.top_logprobs),
         tools=tools,
+        adapters=body.adapters,
     )
     return await _generation_response(
         request, reference, build, opts, keep_alive, body.stream is not False, body.model, "message"
@@ -386,12 +393,17 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     opts = _check_options(body.options)
     logprobs = _logprobs(body.logprobs, body.top_logprobs)
     if body.raw:
-        build = _builder(request, opts, body.format, prompt=body.prompt, logprobs=logprobs)
+        build = _builder(
+            request, opts, body.format, prompt=body.prompt, logprobs=logprobs,
+            adapters=body.adapters,
+        )  # fmt: skip
     else:
         msgs = ((Message("system", body.system),) if body.system else ()) + (
             Message("user", body.prompt),
         )
-        build = _builder(request, opts, body.format, messages=msgs, logprobs=logprobs)
+        build = _builder(
+            request, opts, body.format, messages=msgs, logprobs=logprobs, adapters=body.adapters
+        )
     return await _generation_response(
         request, reference, build, opts, keep_alive, body.stream is not False, body.model,
         "response",

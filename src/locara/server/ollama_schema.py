@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from locara.server.adapters import AdapterList
+
 INT32 = 2**31 - 1
 
 KeepAlive = float | str | None
@@ -105,6 +107,7 @@ class ChatRequest(_ModelNamed):
     format: Format = None
     options: Options | None = None
     keep_alive: KeepAlive = None
+    adapters: AdapterList = Field(default=None, max_length=16)  # LoRA stack: "ID[:SCALE]"
     tools: list[Tool] | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
@@ -123,6 +126,7 @@ class GenerateRequest(_ModelNamed):
     images: list[str] | None = None
     options: Options | None = None
     keep_alive: KeepAlive = None
+    adapters: AdapterList = Field(default=None, max_length=16)  # LoRA stack: "ID[:SCALE]"
     think: bool | str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)

@@ -17,6 +17,7 @@ from locara.backends.base import Chunk, GenerationRequest, TokenLogprob
 from locara.engine.pool import Lease
 from locara.engine.runner import ThreadedRun, batches, in_thread
 from locara.errors import LocaraError, UnknownModelError, UnsupportedFeatureError, UsageError
+from locara.server.adapters import request_adapters
 from locara.server.common import (
     app_name,
     check_sampling,
@@ -242,6 +243,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             tools=tools,
             tool_choice=tool_choice,
             parallel_tool_calls=body.parallel_tool_calls,
+            adapters=request_adapters(svc.settings, body.adapters, lease),
         ).validate()
 
     lease, req, run = await svc.start(
@@ -370,6 +372,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             sampling=sampling_from(lease.handle.resolved.manifest, **_sampling_kwargs(body)),
             stop=stop_tuple(body.stop),
             logprobs=body.logprobs,
+            adapters=request_adapters(svc.settings, body.adapters, lease),
         ).validate()
 
     lease, req, run = await svc.start(

@@ -30,6 +30,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from locara.server.adapters import AdapterList
+
 INT32 = 2**31 - 1
 
 
@@ -188,6 +190,7 @@ class _Sampling(_Body):
     repeat_penalty: float | None = Field(default=None, gt=0, le=10)
     num_ctx: int | None = Field(default=None, ge=1, le=INT32)
     keep_alive: KeepAlive = None
+    adapters: AdapterList = Field(default=None, max_length=16)  # LoRA stack: "ID[:SCALE]"
 
 
 class ChatCompletionRequest(_Sampling):

@@ -49,6 +49,9 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 APP_PREFIX = "app:"
+# Held on a base model by each adapter bound to it: GC keeps the base, and a load of it
+# plans the runtime that applies adapters.
+ADAPTER_BASE_PREFIX = "adapter-base:"
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,10 @@ class StoreIndex:
         with self._connect() as c:
             rows = c.execute("SELECT holder FROM refs WHERE sha256=? ORDER BY holder", (sha256,))
             return [r[0] for r in rows.fetchall()]
+
+    def has_adapters(self, sha256: str) -> bool:
+        """True when some registered adapter is bound to the base ``sha256``."""
+        return any(h.startswith(ADAPTER_BASE_PREFIX) for h in self.refs(sha256))
 
     def pinned_by_apps(self, sha256: str) -> list[str]:
         """The ids of the installed apps that pin ``sha256`` (what cleanup shows and keeps)."""
