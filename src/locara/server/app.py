@@ -34,7 +34,7 @@ def _error_response(request: Request, exc: LocaraError) -> JSONResponse:
 
 def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     """The server for ``settings`` (home, models) and ``config`` (bind, limits, pool)."""
-    from locara.server import ollama_routes, openai_routes
+    from locara.server import ollama_routes, openai_routes, web_routes
 
     service = Service(settings, config)
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     app.state.service = service
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(web_routes.router)  # the dashboard at / and its JSON
     openapi.install(app)  # 400 (not 422) and the front door's codes, as actually sent
 
     @app.exception_handler(LocaraError)
@@ -107,11 +108,6 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
             auth = {"ok": False, "error": exc.message, "hint": exc.hint}
             return {"status": "degraded", "version": __version__, "auth": auth}
         return {"status": "ok", "version": __version__, "auth": {"ok": True}}
-
-    # GET and HEAD: the Ollama CLI checks that a server is up with ``HEAD /``.
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def root() -> PlainTextResponse:
-        return PlainTextResponse("Locara is running")
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:

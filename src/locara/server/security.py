@@ -37,8 +37,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# /health for monitors; / answers "Locara is running" (the Ollama CLI's liveness check).
+# /health for monitors; / answers "Locara is running" (the Ollama CLI's liveness check) or,
+# to a browser, the dashboard page, whose static files under /web/ are open too: they hold
+# no data, and the page must load before it can ask for a token.
 OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIX = "/web/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # they change nothing and generate nothing
 
 
@@ -119,6 +122,8 @@ class SecurityMiddleware:
 
     def _check_token(self, path: str, headers: dict[str, str], method: str) -> str:
         if path in OPEN_PATHS or (method == "OPTIONS" and self.config.cors_origins):
+            return "local"
+        if path.startswith(OPEN_PREFIX) and method in SAFE_METHODS:
             return "local"
         try:
             required = not self.config.loopback or bool(self.tokens.records())
