@@ -17,7 +17,8 @@ Fault modes:
   slow          serves at ``rate`` bytes per second
   stall         sends ``at`` bytes, then holds the connection until released
   auth          401 unless ``Authorization: Bearer <token>``
-It also answers ``GET /api/models`` in the Hugging Face Hub API shape from ``hf_models``.
+It also answers ``GET /api/models`` in the Hugging Face Hub API shape from ``hf_models``,
+and ``GET /api/models/<owner>/<repo>`` (a repository's files, ``gated``) from ``hf_repos``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class LoopbackServer:
         self.faults: dict[str, Fault] = {}
         self.log: list[LogEntry] = []
         self.hf_models: list[dict[str, Any]] = []
+        self.hf_repos: dict[str, dict[str, Any]] = {}
         self.release = threading.Event()
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"owner": self})
@@ -130,6 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = urlparse(self.path)
         if parsed.path == "/api/models":
             self._api_models(parse_qs(parsed.query))
+            return
+        if parsed.path.startswith("/api/models/"):
+            self._api_model(parsed.path.removeprefix("/api/models/"))
             return
         file = self.owner.files.get(parsed.path)
         if file is None:
@@ -222,6 +227,27 @@ class _Handler(BaseHTTPRequestHandler):
             if search in m["id"].lower() and all(f in m.get("tags", []) for f in filters)
         ][:limit]
         self._simple(200, json.dumps(rows).encode(), {"Content-Type": "application/json"})
+
+    def _api_model(self, repo: str) -> None:
+        info = self.owner.hf_repos.get(repo)
+        if info is None:  # the Hub's answer for a repository it does not have
+            body = json.dumps({"error": "Repository not found"}).encode()
+            self._simple(404, body, {"X-Error-Code": "RepoNotFound"})
+            return
+        self._simple(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+
+
+def hf_repo_info(repo: str, files: list[str], gated: bool | str = False) -> dict[str, Any]:
+    """What the Hub's ``/api/models/<repo>`` says about a repository of ``files``."""
+    return {
+        "id": repo,
+        "modelId": repo,
+        "sha": "0" * 40,
+        "private": False,
+        "gated": gated,
+        "tags": ["gguf"],
+        "siblings": [{"rfilename": f} for f in files],
+    }
 
 
 def write_manifest(

@@ -45,7 +45,15 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL…]")
+@click.argument("models", nargs=-1, metavar="[MODEL…]")
+@click.option(
+    "-m",
+    "--model",
+    "model_opts",
+    multiple=True,
+    metavar="MODEL",
+    help="A model to measure; repeat it to compare several (same as MODEL arguments).",
+)
 @click.option(
     "--backend",
     default="llama_cpp",
@@ -65,6 +73,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 )
 def bench(
     models: tuple[str, ...],
+    model_opts: tuple[str, ...],
     backend: str,
     n_prompt: int,
     n_gen: int,
@@ -84,7 +93,11 @@ def bench(
       locara bench smollm2-135m-instruct
       locara bench smollm2-135m-instruct:Q4_1 --n-prompt 128 --n-gen 32 -r 5 --json
       locara bench smollm2-135m-instruct --plot bench.png
+      locara benchmark --model smollm2-135m-instruct:Q4_1 --model smollm2-135m-instruct:Q8_0
     """
+    models = (*models, *model_opts)
+    if not models:
+        raise click.UsageError("name a model to measure: locara bench MODEL (or --model MODEL)")
     from locara.bench.results import append_result
     from locara.bench.runner import BenchParams, device_info, prepare, require_backend, run_bench
 

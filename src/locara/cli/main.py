@@ -68,6 +68,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "convert",
         "Convert a model: GGUF → MLX, HF safetensors → GGUF.",
     ),
+    "setup": ("locara.cli.setup", "setup", "Check this machine and build what Locara needs."),
     "adapter": ("locara.cli.adapter", "adapter", "LoRA adapters bound to their base by digest."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from locara.cli.common import byte_progress, echo_json, human_size, settings
-from locara.errors import UnknownModelError
+from locara.errors import UnknownModelError, UsageError
 from locara.registry.catalog import Registry
 from locara.registry.manifest import Artifact, ModelManifest
 from locara.registry.refs import ModelRef, parse_ref
@@ -32,13 +32,39 @@ def choose_artifact(
 
 @click.command()
 @click.argument("model")
+@click.option(
+    "--quant",
+    default=None,
+    help="The quant to fetch (Q4_K_M, Q8_0, ...): from a Hugging Face repo, or MODEL:QUANT.",
+)
 @click.option("--backend", help="Pick the artifact for this backend (llamacpp, mlx, whispercpp).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def pull(model: str, backend: str | None, as_json: bool) -> None:
-    """Download MODEL (id, id:QUANT or id@sha256:HEX) into the store and verify it."""
+def pull(model: str, quant: str | None, backend: str | None, as_json: bool) -> None:
+    """Download MODEL into the store and verify it.
+
+    MODEL is a registry id (id, id:QUANT, id@sha256:HEX), one file of a Hugging Face
+    repository (hf://owner/repo/file.gguf), or a GGUF repository (owner/repo) with
+    --quant naming the file to take.
+
+    \b
+    Examples:
+      locara pull qwen2.5-0.5b-instruct
+      locara download Qwen/Qwen3-8B-GGUF --quant Q4_K_M
+      locara pull hf://owner/repo/model.Q8_0.gguf
+    """
     from locara.store.fetch import ensure_artifact
+    from locara.store.hf_repo import gguf_source, is_repo_id
 
     cfg = settings()
+    if is_repo_id(model):
+        model = gguf_source(cfg, model, quant)
+    elif quant is not None:
+        if model.startswith("hf://") or ":" in model or "@" in model:
+            raise UsageError(
+                f"--quant {quant} with {model}, which names its file already",
+                f"drop --quant, or name a model without one: locara pull MODEL --quant {quant}",
+            )
+        model = f"{model}:{quant}"
     if model.startswith("hf://"):
         model = _register_adhoc(model)
     ref = parse_ref(model)
@@ -102,7 +128,6 @@ def rm(model: str) -> None:
 
 def adhoc_manifest(source: str) -> tuple[str, dict[str, object]]:
     """A non-curated manifest for ``hf://owner/repo[@rev]/path/file.gguf`` (id, JSON data)."""
-    from locara.errors import UsageError
     from locara.store.adopt import safe_model_id
     from locara.store.http import resolve_url
 

@@ -8,26 +8,9 @@ import click
 
 from locara.cli.common import echo_json, settings
 from locara.errors import FetchError, OfflineError
+from locara.store.hf_repo import probe
 
 FORMATS = {"gguf": "gguf", "mlx": "mlx"}
-
-
-def _probe(endpoint: str) -> None:
-    # huggingface_hub retries a refused connection for ~25 s; one TCP connect tells at
-    # once whether the endpoint is reachable at all.
-    import socket
-    from urllib.parse import urlparse
-
-    u = urlparse(endpoint)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    try:
-        socket.create_connection((u.hostname or "", port), timeout=5).close()
-    except OSError as exc:
-        raise FetchError(
-            f"cannot reach {endpoint}: {exc.strerror or exc}",
-            "check the network or HF_ENDPOINT; local models: locara ls --all",
-            endpoint,
-        ) from exc
 
 
 def search_hub(query: str, fmt: str, limit: int) -> list[dict[str, Any]]:
@@ -38,7 +21,7 @@ def search_hub(query: str, fmt: str, limit: int) -> list[dict[str, Any]]:
             "Locara is offline; searching Hugging Face needs the network",
             "unset LOCARA_OFFLINE, or list local models with: locara ls --all",
         )
-    _probe(cfg.hf_endpoint)
+    probe(cfg.hf_endpoint)
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
