@@ -221,6 +221,8 @@ def test_empty_ledger(home: Path) -> None:
         "cancelled": 0,
         "prompt_tokens": 0,
         "completion_tokens": 0,
+        "audio_s": 0,
+        "images": 0,
         "first": None,
         "last": None,
     }

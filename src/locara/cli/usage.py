@@ -109,6 +109,11 @@ def _table(report: dict[str, object]) -> None:
             f"{m['model']:32} {m['requests']:>8,} {m['prompt_tokens']:>10,} "
             f"{m['completion_tokens']:>10,} {tps:>9}  {_iso_ago(m['last_used'])}"
         )
+    media = [m for m in models if m["audio_s"] or m["images"]]
+    if media:  # speech and OCR are counted in what they read, not in tokens
+        click.echo(f"\n{'MODEL':32} {'AUDIO_SECONDS':>13} {'IMAGES':>8}")
+        for m in media:
+            click.echo(f"{m['model']:32} {m['audio_s']:>13,.1f} {m['images']:>8,}")
     failed = f", {totals['errors']} failed" if totals["errors"] else ""
     click.echo(
         f"\nTotal: {totals['requests']:,} requests{failed}, {totals['prompt_tokens']:,} input "

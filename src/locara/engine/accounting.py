@@ -43,3 +43,39 @@ def generation_record(
         status=status,
         error=error,
     )
+
+
+def media_record(
+    handle: ModelHandle,
+    *,
+    app: str,
+    surface: str,
+    status: Status,
+    elapsed_s: float | None,
+    audio_s: float | None = None,
+    images: int = 0,
+    tokens: int = 0,
+    error: str | None = None,
+    load_s: float | None = None,
+) -> UsageRecord:
+    """The ledger row for one transcription or OCR request.
+
+    Measured in what was read: ``audio_s`` seconds of audio, or ``images``; ``tokens``
+    are the text tokens a speech model produced. ``elapsed_s`` is the request's work
+    time (without loading), kept where a generation keeps its time to first token.
+    """
+    res = handle.resolved
+    return UsageRecord(
+        model_id=res.manifest.id,
+        sha256=res.blob.sha256,
+        backend=handle.backend,
+        app=app,
+        surface=surface,
+        completion_tokens=tokens,
+        ttft_s=elapsed_s,
+        load_s=handle.load_s if load_s is None else load_s,
+        status=status,
+        error=error,
+        audio_s=audio_s,
+        images=images,
+    )

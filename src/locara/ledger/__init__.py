@@ -40,6 +40,8 @@ class UsageRecord:
     status: Status = "ok"
     error: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    audio_s: float | None = None  # seconds of audio a speech model transcribed
+    images: int = 0  # images an OCR or vision model read
     # When the request finished (unix time); None means "now", when it is recorded.
     timestamp: float | None = None
 
@@ -67,6 +69,8 @@ def _row(rec: UsageRecord) -> dict[str, Any]:
         "status": rec.status,
         "error": rec.error,
         "extra": dict(rec.extra),
+        "audio_s": num(rec.audio_s),
+        "images": int(rec.images),
     }
 
 

@@ -51,6 +51,8 @@ COLUMNS: tuple[str, ...] = (
     "status",
     "error",
     "extra",
+    "audio_s",
+    "images",
 )
 
 # Numbered migrations; PRAGMA user_version says how many have run. Append, never edit.
@@ -76,6 +78,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_ts ON requests(ts);
     CREATE INDEX requests_model_ts ON requests(model_id, ts);
     CREATE INDEX requests_sha_ts ON requests(sha256, ts);
+    """,
+    # Speech and OCR requests are measured in what they read, not in tokens.
+    """
+    ALTER TABLE requests ADD COLUMN audio_s REAL;     -- seconds of audio transcribed
+    ALTER TABLE requests ADD COLUMN images INTEGER;   -- images read (OCR, vision)
     """,
 )
 
@@ -416,7 +423,11 @@ def _salvage(path: Path) -> list[dict[str, Any]]:
     except sqlite3.Error:
         return out
     try:
-        cur = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM requests")
+        # A database from before a migration lacks its columns: read the ones it has.
+        have = {c[1] for c in conn.execute("PRAGMA table_info(requests)")}
+        cur = conn.execute(
+            f"SELECT {', '.join(c if c in have else 'NULL' for c in COLUMNS)} FROM requests"
+        )
         while True:
             try:
                 r = cur.fetchone()

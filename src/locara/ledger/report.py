@@ -84,6 +84,8 @@ def summarize(rows: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
                 "cancelled": sum(r["status"] == "cancelled" for r in rs),
                 "prompt_tokens": sum(int(r["prompt_tokens"] or 0) for r in rs),
                 "completion_tokens": sum(int(r["completion_tokens"] or 0) for r in rs),
+                "audio_s": round(sum(float(r.get("audio_s") or 0) for r in rs), 3),
+                "images": sum(int(r.get("images") or 0) for r in rs),
                 "avg_tps": _mean([r["generation_tps"] for r in rs if r["generation_tps"]]),
                 "avg_ttft_s": _mean([r["ttft_s"] for r in rs if r["ttft_s"] is not None]),
                 "avg_load_s": _mean([r["load_s"] for r in rs if r["load_s"] is not None]),
@@ -103,6 +105,8 @@ def summarize(rows: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
         "cancelled": sum(m["cancelled"] for m in models),
         "prompt_tokens": tokens_in,
         "completion_tokens": tokens_out,
+        "audio_s": round(sum(m["audio_s"] for m in models), 3),
+        "images": sum(m["images"] for m in models),
         "first": iso(min((r["ts"] for r in rows), default=None)),
         "last": iso(max((r["ts"] for r in rows), default=None)),
     }
