@@ -137,3 +137,38 @@ def rm(adapter_id: str) -> None:
 
     m = AdapterRegistry(settings()).remove(adapter_id)
     click.echo(f"removed {m.id} ({human_size(m.files[0].size_bytes)})")
+
+
+@adapter.command()
+@click.argument("base")
+@click.argument("adapter_spec", metavar="ADAPTER[:SCALE]")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF to write."
+)
+@click.option("--register", "model_id", default=None, help="Also register it as model MODEL_ID.")
+def merge(base: str, adapter_spec: str, output: Path, model_id: str | None) -> None:
+    """Bake ADAPTER into BASE (an F16/F32 GGUF) and record the lineage edge.
+
+    \b
+    Example:
+      locara adapter merge my-f16-base pirate -o pirate-merged.gguf --register pirate-merged
+    """
+    from locara.ecology.adapters import AdapterRegistry, AdapterSpec, resolve_base
+    from locara.ecology.merge import merge_adapter, register_merged
+    from locara.registry.catalog import Registry
+
+    cfg = settings()
+    spec = AdapterSpec.parse(adapter_spec)
+    base_model = resolve_base(cfg, base)
+    (use,) = AdapterRegistry(cfg).bind([spec], base_model)
+    result = merge_adapter(cfg, base_model.path, base_model.sha256, use, output)
+    click.echo(
+        f"merged {use.id} (scale {use.scale:g}) into {base_model.model_id}: {result.tensors} "
+        f"tensors; wrote {output} sha256:{result.sha256}"
+    )
+    if model_id:
+        manifest = Registry(cfg).get(base_model.model_id or base)
+        about = f"{manifest.id} with adapter {use.id} merged at scale {use.scale:g}"
+        register_merged(cfg, manifest, model_id, result, about)
+        click.echo(f"registered as {model_id} (run it with: locara run {model_id})")
+    click.echo(f"lineage: locara lineage sha256:{result.sha256}", err=True)

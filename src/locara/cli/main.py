@@ -70,6 +70,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "setup": ("locara.cli.setup", "setup", "Check this machine and build what Locara needs."),
     "adapter": ("locara.cli.adapter", "adapter", "LoRA adapters bound to their base by digest."),
+    "lineage": ("locara.cli.lineage", "lineage", "How an artifact was made, down to its roots."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
 }
 

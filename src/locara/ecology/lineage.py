@@ -94,3 +94,20 @@ def tree_digest(files: dict[str, str]) -> str:
 
     listing = "".join(f"{sha}  {name}\n" for name, sha in sorted(files.items()))
     return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def ancestry(settings: Settings, sha256: str) -> list[LineageRecord]:
+    """Every record on the way from ``sha256`` to its roots, child first (each once)."""
+    out: list[LineageRecord] = []
+    seen: set[str] = set()
+    todo = [check_sha256(sha256)]
+    while todo:
+        sha = todo.pop(0)
+        if sha in seen:
+            continue
+        seen.add(sha)
+        rec = read_lineage(settings, sha)
+        if rec is not None:
+            out.append(rec)
+            todo.extend(rec.parents)
+    return out

@@ -57,10 +57,6 @@ class LoraInfo:
         }
         return tuple(sorted(kinds))
 
-    def effective_scale(self, scale: float) -> float:
-        """What llama.cpp multiplies ``B @ A`` by for a user ``scale`` (per target rank)."""
-        return scale * self.alpha / self.rank if self.alpha else scale
-
 
 def read_lora(path: Path) -> LoraInfo:
     """Parse an adapter GGUF; anything that is not a complete LoRA adapter raises."""
