@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from conftest import DEFAULT_SHA, run_cli
+from locara.engine.pool import PoolCounters
 from server_harness import RunningServer, clone_home, metric, running_server, wait_until
 
 MODEL = "smollm2-135m-instruct"
@@ -133,7 +134,7 @@ def test_metrics_labels_are_escaped_per_the_text_format() -> None:
 
     m = Metrics()
     m.observe("openai", 'q"uo\\te\nlocara_fake 1', "ok")
-    text = m.render([], {})
+    text = m.render([], {}, PoolCounters(0, 0, 0))
     assert 'model="q\\"uo\\\\te\\nlocara_fake 1"' in text
     assert not any(line.startswith("locara_fake") for line in text.splitlines())
 

@@ -11,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from server_harness import RunningServer, metric, running_server
+from server_harness import RunningServer, metric, running_server, wait_until
 
 MODEL = "smollm2-135m-instruct"
 CAPITAL = [{"role": "user", "content": "Name the capital city of France."}]
@@ -298,21 +298,34 @@ def test_cors_is_closed_by_default(server: RunningServer) -> None:
 
 def test_health_and_metrics(server: RunningServer, client: openai.OpenAI) -> None:
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
-    client.chat.completions.create(model=MODEL, messages=CAPITAL, max_tokens=2)  # type: ignore[arg-type]
-    r = httpx.get(f"{server.url}/metrics")
-    assert r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    for name in (
-        "locara_requests_total",
-        "locara_prompt_tokens_total",
-        "locara_completion_tokens_total",
-        "locara_time_to_first_token_seconds_bucket",
-        "locara_queue_depth",
-        "locara_loaded_models",
-        "locara_model_memory_bytes",
-    ):
-        assert f"# TYPE {name.removesuffix('_bucket')}" in text
-    assert f'locara_requests_total{{surface="openai",model="{MODEL}",status="ok"}}' in text
+    ok = {"surface": "openai", "model": MODEL, "status": "ok"}
+
+    def scrape() -> str:
+        r = httpx.get(f"{server.url}/metrics")
+        assert r.headers["content-type"].startswith("text/plain")
+        return r.text
+
+    before = scrape()
+    reply = client.chat.completions.create(model=MODEL, messages=CAPITAL, max_tokens=2)  # type: ignore[arg-type]
+    assert reply.usage is not None
+    # The request is counted as it is accounted, just after the answer is sent.
+    n0 = metric(before, "locara_requests_total", **ok)
+    assert wait_until(lambda: metric(scrape(), "locara_requests_total", **ok) == n0 + 1)
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert moved("locara_prompt_tokens_total", model=MODEL) == reply.usage.prompt_tokens
+    assert moved("locara_completion_tokens_total", model=MODEL) == reply.usage.completion_tokens
+    assert moved("locara_time_to_first_token_seconds_count") == 1
+    assert moved("locara_time_to_first_token_seconds_bucket", le="+Inf") == 1
+    assert moved("locara_time_to_first_token_seconds_sum") > 0
+    # Loaded now, with its memory; loaded once however many requests it served.
+    assert metric(after, "locara_loaded_models") >= 1
+    assert metric(after, "locara_model_memory_bytes", model=MODEL, mode="generation") > 0
+    assert metric(after, "locara_model_loads_total") >= 1  # from 0 when the server started
+    assert metric(after, "locara_uptime_seconds") > metric(before, "locara_uptime_seconds")
 
 
 def test_different_models_run_in_parallel(server: RunningServer) -> None:

@@ -69,6 +69,15 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class PoolCounters:
+    """Since the pool was made: loads, reloads (context grew, file changed), evictions (LRU)."""
+
+    loads: int
+    reloads: int
+    evictions: int
+
+
+@dataclass(frozen=True)
 class LoadedInfo:
     """What ``/api/ps``, ``/metrics`` and ``locara status`` show about one loaded model."""
 
@@ -221,10 +230,10 @@ class ModelPool:
                         f"smaller than the requested {n_ctx}"
                     )
                     del self._entries[key]
+                    self.reloads += 1
             if old is not None:
                 log.info("%s", reason)
                 old.handle.close()
-                self.reloads += 1
             check_fits(resolved)
             self._make_room(resolved, plan.ram_bytes)
             handle = load(self.settings, resolved)
@@ -298,6 +307,11 @@ class ModelPool:
     def loaded(self) -> list[LoadedInfo]:
         with self._lock:
             return [e.info() for e in self._entries.values()]
+
+    def counters(self) -> PoolCounters:
+        """Loads, reloads and evictions so far (``/metrics``)."""
+        with self._lock:
+            return PoolCounters(self.loads, self.reloads, self.evictions)
 
     def queue_depths(self) -> dict[str, int]:
         """Requests waiting (not running) per loaded model id."""
@@ -435,6 +449,7 @@ class ModelPool:
                     del self._entries[e.key]
                     used -= e.ram_bytes
                     evicted.append(e)
+                    self.evictions += 1
             busy = used + need > budget
         for e in evicted:
             log.info(
@@ -443,7 +458,6 @@ class ModelPool:
                 resolved.manifest.id,
             )
             e.handle.close()
-            self.evictions += 1
         if busy:
             raise ServerBusyError(
                 f"no memory for {resolved.manifest.id} until a busy model finishes",

@@ -34,7 +34,7 @@ def _error_response(request: Request, exc: LocaraError) -> JSONResponse:
 
 def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     """The server for ``settings`` (home, models) and ``config`` (bind, limits, pool)."""
-    from locara.server import ollama_routes, openai_routes, web_routes
+    from locara.server import ollama_routes, openai_routes, rag_routes, web_routes
 
     service = Service(settings, config)
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     app.state.service = service
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(rag_routes.router)  # /v1/rag: collections, query, ask, verify
     app.include_router(web_routes.router)  # the dashboard at / and its JSON
     openapi.install(app)  # 400 (not 422) and the front door's codes, as actually sent
 
@@ -112,7 +113,8 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus text format."""
-        text = service.metrics.render(service.pool.loaded(), service.pool.queue_depths())
+        pool = service.pool
+        text = service.metrics.render(pool.loaded(), pool.queue_depths(), pool.counters())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/status", include_in_schema=False)

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import defaultdict
 
-from locara.engine.pool import LoadedInfo
+from locara.engine.pool import LoadedInfo, PoolCounters
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -64,7 +64,9 @@ class Metrics:
         with self._lock:
             return sum(self.requests.values())
 
-    def render(self, loaded: list[LoadedInfo], queue_depths: dict[str, int]) -> str:
+    def render(
+        self, loaded: list[LoadedInfo], queue_depths: dict[str, int], pool: PoolCounters
+    ) -> str:
         out: list[str] = []
 
         def head(name: str, kind: str, text: str) -> None:
@@ -110,6 +112,17 @@ class Metrics:
             out.append(
                 f"locara_in_flight_requests{_labels(model=m.model_id, mode=mode)} {m.in_flight}"
             )
+        for name, n, text in (
+            ("locara_model_loads_total", pool.loads, "Model loads."),
+            (
+                "locara_model_reloads_total",
+                pool.reloads,
+                "Reloads: a larger context, a changed file.",
+            ),
+            ("locara_model_evictions_total", pool.evictions, "Idle models unloaded to make room."),
+        ):
+            head(name, "counter", text)
+            out.append(f"{name} {n}")
         head("locara_uptime_seconds", "gauge", "Seconds since the server started.")
         out.append(f"locara_uptime_seconds {time.time() - self.started_at:.3f}")
         return "\n".join(out) + "\n"
