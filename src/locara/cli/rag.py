@@ -59,14 +59,6 @@ def rag() -> None:
     Everything stays under $LOCARA_HOME/rag (owner-only files); documents are stored
     by SHA-256, and every citation `ask` prints is the exact bytes of a hashed document.
     """
-    try:
-        import apsw  # noqa: F401
-        import sqlite_vec  # type: ignore[import-untyped]  # noqa: F401
-    except ImportError as exc:
-        raise LocaraError(
-            f"locara rag needs {exc.name}, which is not installed",
-            "install the rag extra: pip install 'locara[rag]' (or ./scripts/install.sh)",
-        ) from None
 
 
 @rag.command()

@@ -23,16 +23,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apsw
 import numpy as np
 
-from locara.errors import LocaraError, StoreError, UsageError
+from locara.errors import BackendUnavailableError, LocaraError, StoreError, UsageError
 from locara.rag.chunking import TextChunk
 from locara.rag.docstore import PRIVATE_DIR, PRIVATE_FILE, DocumentStore
 from locara.settings import Settings
 from locara.store.locks import exclusive_lock, open_nofollow
+
+if TYPE_CHECKING:
+    import apsw
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MIGRATIONS = (
@@ -440,8 +442,14 @@ def collect_blobs(settings: Settings) -> list[str]:
 
 
 def _connect(path: Path) -> apsw.Connection:
-    import sqlite_vec  # type: ignore[import-untyped]
-
+    try:
+        import apsw
+        import sqlite_vec  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"collections need the Python package {exc.name}, which is not installed",
+            "install the rag extra: pip install 'locara[rag]' (or run ./scripts/install.sh)",
+        ) from None
     try:
         conn = apsw.Connection(str(path))
         conn.set_busy_timeout(30_000)

@@ -40,6 +40,7 @@ from locara.server.openai_schema import (
     ResponseFormatJSONSchema,
     TextPart,
 )
+from locara.server.rag_routes import rag_context
 from locara.server.service import Caller
 from locara.server.streaming import CancellableStream, sse
 from locara.server.tool_calls import (
@@ -224,6 +225,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     _unsupported_chat(body)
     messages = to_messages([(m.role, _text_of(m)) for m in body.messages])
     messages = openai_messages(messages, body.messages)
+    messages = await rag_context(request, body.locara, messages)  # "locara": {"rag": ...}
     tools, tool_choice = openai_tools(body.tools), openai_tool_choice(body.tool_choice)
     check_tools(messages, tools, tool_choice)
     schema = _schema_of(body)

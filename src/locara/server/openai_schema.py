@@ -221,6 +221,8 @@ class ChatCompletionRequest(_Sampling):
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     safety_identifier: str | None = None
+    # Locara: ground the chat in a collection, {"rag": {"collection": NAME, "k": 5}}.
+    locara: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):
