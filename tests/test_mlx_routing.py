@@ -10,15 +10,10 @@ import json
 
 import pytest
 
-from locara.backends.registry import (
-    available_backends,
-    canonical_name,
-    get_backend,
-    manifest_key,
-)
+from locara.backends.registry import canonical_name, get_backend, manifest_key
 from locara.device.profile import DeviceProfile
 from locara.errors import UsageError
-from locara.planner.routing import default_backend
+from locara.planner.routing import route
 from locara.registry.catalog import Registry
 from locara.registry.manifest import ModelManifest
 from locara.settings import Settings
@@ -44,28 +39,54 @@ def _manifest(with_mlx: bool) -> ModelManifest:
     return ModelManifest.model_validate(data)
 
 
+NOT_APPLE = "not Apple Silicon: llama.cpp first"
+
+
 @pytest.mark.parametrize(
-    ("system", "machine", "with_mlx", "needs", "expected"),
+    ("system", "machine", "with_mlx", "needs", "order", "why", "unusable"),
     [
-        ("Darwin", "arm64", True, (), "mlx"),
-        ("Darwin", "arm64", False, (), "llama_cpp"),  # no MLX artifact
-        ("Darwin", "arm64", True, ("json_schema",), "llama_cpp"),  # MLX has no grammar
-        ("Darwin", "arm64", True, ("embeddings",), "llama_cpp"),
-        ("Darwin", "x86_64", True, (), "llama_cpp"),  # Intel Mac
-        ("Linux", "x86_64", True, (), "llama_cpp"),  # MLX on Linux only when asked
-        ("Linux", "aarch64", True, (), "llama_cpp"),
+        (
+            "Darwin", "arm64", True, (), ["mlx", "llama_cpp"],
+            "Apple Silicon with an MLX artifact: MLX first", [],
+        ),
+        (
+            "Darwin", "arm64", False, (), ["llama_cpp"],  # no MLX artifact
+            "only llama_cpp can run this model here", [],
+        ),
+        (
+            "Darwin", "arm64", True, ("json_schema",), ["llama_cpp"],  # MLX has no grammar
+            "only llama_cpp can run this model here",
+            [("mlx", "json_schema output needs llama.cpp grammars; MLX cannot constrain output")],
+        ),
+        (
+            "Darwin", "arm64", True, ("embeddings",), ["llama_cpp"],
+            "only llama_cpp can run this model here",
+            [("mlx", "embeddings run on llama.cpp only")],
+        ),
+        ("Darwin", "x86_64", True, (), ["llama_cpp", "mlx"], NOT_APPLE, []),  # Intel Mac
+        ("Linux", "x86_64", True, (), ["llama_cpp", "mlx"], NOT_APPLE, []),  # MLX when asked
+        ("Linux", "aarch64", True, (), ["llama_cpp", "mlx"], NOT_APPLE, []),
     ],
-)
+)  # fmt: skip
 def test_default_routing_rule(
-    system: str, machine: str, with_mlx: bool, needs: tuple[str, ...], expected: str
+    system: str,
+    machine: str,
+    with_mlx: bool,
+    needs: tuple[str, ...],
+    order: list[str],
+    why: str,
+    unusable: list[tuple[str, str]],
 ) -> None:
-    m = _manifest(with_mlx)
-    assert default_backend(m, _device(system, machine, mlx=True), needs) == expected
+    r = route(_manifest(with_mlx), _device(system, machine, mlx=True), needs)
+    assert (r.order, r.reasons, r.unusable) == (order, [why], unusable)
 
 
 def test_apple_silicon_without_mlx_installed_falls_back() -> None:
-    m = _manifest(True)
-    assert default_backend(m, _device("Darwin", "arm64", mlx=False)) == "llama_cpp"
+    r = route(_manifest(True), _device("Darwin", "arm64", mlx=False))
+    assert r.order == ["llama_cpp"]
+    assert r.unusable == [
+        ("mlx", "mlx is not installed on this device (pip install 'locara[mlx]')")
+    ]
 
 
 def _device(system: str, machine: str, mlx: bool) -> DeviceProfile:
@@ -75,15 +96,16 @@ def _device(system: str, machine: str, mlx: bool) -> DeviceProfile:
 def test_names_and_aliases() -> None:
     assert canonical_name("llamacpp") == "llama_cpp"
     assert canonical_name("llama.cpp") == "llama_cpp"
-    assert canonical_name("MLX") == "mlx"
+    assert canonical_name(" MLX ") == "mlx"
     assert manifest_key("llama_cpp") == "llamacpp"
+    assert manifest_key("llama.cpp") == "llamacpp"
     assert manifest_key("mlx") == "mlx"
-    assert set(available_backends()) <= {"llama_cpp", "mlx"}
-    assert "llama_cpp" in available_backends()
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:
     with pytest.raises(UsageError) as exc:
         get_backend("vllm")
-    assert exc.value.hint is not None
-    assert "llama_cpp" in exc.value.hint and "mlx" in exc.value.hint
+    assert (exc.value.message, exc.value.hint) == (
+        "unknown backend 'vllm'",
+        "choose one of: llama_cpp, mlx",
+    )

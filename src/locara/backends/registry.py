@@ -13,7 +13,7 @@ import functools
 import importlib
 from pathlib import Path
 
-from locara.backends.base import Availability, Backend
+from locara.backends.base import Backend
 from locara.errors import BackendUnavailableError, UsageError
 
 # name -> (module, class, how to install it). Modules import their engines lazily.
@@ -62,11 +62,6 @@ def _instance(name: str, log_dir: Path | None = None) -> Backend:
     return backend
 
 
-def availability(name: str) -> Availability:
-    """Whether the backend can run here; never raises for a known name."""
-    return _instance(canonical_name(name)).available()
-
-
 def get_backend(name: str, log_dir: Path | None = None) -> Backend:
     """The backend called ``name``, ready to ``load()``; raises if it cannot run here.
 
@@ -84,11 +79,6 @@ def get_backend(name: str, log_dir: Path | None = None) -> Backend:
             f"install it with: {_BACKENDS[key][2]}",
         )
     return backend
-
-
-def available_backends() -> list[str]:
-    """Names of the backends that can run on this machine."""
-    return [n for n in BACKEND_NAMES if _instance(n).available().ok]
 
 
 @functools.cache

@@ -1,10 +1,9 @@
-"""Which backend runs a model: reference/000's rule, refined by measured speed.
+"""Which backend runs a model: a fixed rule, refined by measured speed.
 
 Apple Silicon + an MLX artifact + MLX installed → MLX, unless the request needs a
 feature only llama.cpp has; else llama.cpp. When ``locara bench`` measured both on this
 device and the other one generated more than 10% faster, it goes first. The planner
-(``locara.planner.plan``) is the only caller at run time; ``default_backend`` is the
-rule alone, without measurements.
+(``locara.planner.plan``) is the only caller.
 """
 
 from __future__ import annotations
@@ -74,10 +73,10 @@ def route(
         return out
     if device.is_apple_silicon:
         out.order = ["mlx", "llama_cpp"]
-        out.reasons.append("Apple Silicon with an MLX artifact: MLX first (reference/000 rule)")
+        out.reasons.append("Apple Silicon with an MLX artifact: MLX first")
     else:
         out.order = ["llama_cpp", "mlx"]
-        out.reasons.append("not Apple Silicon: llama.cpp first (reference/000 rule)")
+        out.reasons.append("not Apple Silicon: llama.cpp first")
     mlx_m = best_measured(results, manifest.id, "mlx")
     llama_m = best_measured(results, manifest.id, "llama_cpp")
     if mlx_m and llama_m:
@@ -89,19 +88,6 @@ def route(
                 f"{slow.backend} {slow.tg_tps:.1f} tok/s, so {fast.backend} first"
             )
     return out
-
-
-def default_backend(
-    manifest: ModelManifest, device: DeviceProfile, features: Iterable[str] = ()
-) -> str:
-    """reference/000's rule alone, before benchmarks refine it (SPEC §4).
-
-    Apple Silicon + an MLX artifact + MLX installed → ``"mlx"``, unless the request
-    needs a feature only llama.cpp has (JSON schema, embeddings, logprobs, LoRA); else
-    ``"llama_cpp"``. On Linux MLX runs only when asked for or measured faster.
-    """
-    order = route(manifest, device, features).order
-    return order[0] if order else "llama_cpp"
 
 
 def _unusable(backend: str, device: DeviceProfile, features: list[str]) -> str:
