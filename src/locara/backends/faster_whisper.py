@@ -23,7 +23,7 @@ from locara.backends.media import (
     Transcript,
     Word,
 )
-from locara.errors import BackendError, UsageError
+from locara.errors import BackendError, LocaraError, UsageError
 from locara.media import audio
 from locara.registry.manifest import ModelManifest
 
@@ -87,32 +87,55 @@ class WhisperSpeech(MediaModel):
                 "omit the language (or pass en), or use a multilingual Whisper model",
             )
         segments: list[Segment] = []
-        offset = 0.0
-        prompt = req.prompt
         detected = language or ("en" if not self.multilingual else None)
         with self._lock:
-            for window in audio.windows(path):
-                found, win_info = self._model.transcribe(
-                    window,
-                    language=detected,
-                    initial_prompt=prompt,
-                    temperature=req.temperature or 0.0,
-                    word_timestamps=req.word_timestamps,
-                    beam_size=5,
-                    vad_filter=False,
+            try:
+                offset, detected = self._run(
+                    path, req, info.duration_s, detected, segments, progress
                 )
-                detected = detected or win_info.language
-                for s in found:
-                    segments.append(self._segment(s, offset))
-                    if progress is not None:
-                        progress(offset + s.end, info.duration_s)
-                offset += window.size / audio.SAMPLE_RATE
-                if progress is not None:
-                    progress(offset, info.duration_s)
-                tail = "".join(s.text for s in segments[-8:]).strip()
-                prompt = tail[-PROMPT_CHARS:] or req.prompt
+            except (RuntimeError, ValueError) as exc:
+                if isinstance(exc, LocaraError):
+                    raise
+                raise BackendError(
+                    f"faster-whisper failed on {path.name}: {exc}", "see the log (LOCARA_DEBUG=1)"
+                ) from exc
         text = "".join(s.text for s in segments).strip()
         return Transcript(text, detected or "en", offset, tuple(segments), info.warnings)
+
+    def _run(
+        self,
+        path: Path,
+        req: TranscribeRequest,
+        total: float | None,
+        language: str | None,
+        segments: list[Segment],
+        progress: AudioProgress | None,
+    ) -> tuple[float, str | None]:
+        """Transcribe window after window into ``segments``: (seconds read, language)."""
+        offset = 0.0
+        prompt = req.prompt
+        for window in audio.windows(path):
+            found, win_info = self._model.transcribe(
+                window,
+                language=language,
+                initial_prompt=prompt,
+                temperature=req.temperature,
+                word_timestamps=req.word_timestamps,
+                beam_size=5,
+                vad_filter=False,
+            )
+            # The first window's detected language holds for the rest of the file.
+            language = language or win_info.language
+            for s in found:
+                segments.append(self._segment(s, offset))
+                if progress is not None:
+                    progress(offset + s.end, total)
+            offset += window.size / audio.SAMPLE_RATE
+            if progress is not None:
+                progress(offset, total)
+            tail = "".join(s.text for s in segments[-8:]).strip()
+            prompt = tail[-PROMPT_CHARS:] or req.prompt
+        return offset, language
 
     @staticmethod
     def _segment(s: Any, offset: float) -> Segment:

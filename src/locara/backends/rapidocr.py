@@ -78,7 +78,13 @@ class RapidOcr(MediaModel):
     def read(self, image: Image.Image) -> OcrResult:
         """The lines of text in ``image``, top to bottom, with their boxes and confidence."""
         with self._lock:
-            found, _ = self._engine(image)
+            try:
+                found, _ = self._engine(image)
+            except Exception as exc:  # onnxruntime and OpenCV raise their own error types
+                raise BackendError(
+                    f"RapidOCR failed on a {image.width}x{image.height} image: {exc}",
+                    "see the log (LOCARA_DEBUG=1)",
+                ) from exc
         lines = tuple(
             OcrLine(tuple((float(x), float(y)) for x, y in box), str(text), float(score))
             for box, text, score in found or ()

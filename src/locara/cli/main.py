@@ -69,6 +69,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Convert a model: GGUF → MLX, HF safetensors → GGUF.",
     ),
     "setup": ("locara.cli.setup", "setup", "Check this machine and build what Locara needs."),
+    "transcribe": (
+        "locara.cli.transcribe",
+        "transcribe",
+        "Speech to text: transcribe an audio file.",
+    ),
+    "ocr": ("locara.cli.ocr", "ocr", "Read the text in images (OCR)."),
     "adapter": ("locara.cli.adapter", "adapter", "LoRA adapters bound to their base by digest."),
     "lineage": ("locara.cli.lineage", "lineage", "How an artifact was made, down to its roots."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),

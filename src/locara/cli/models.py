@@ -39,6 +39,9 @@ def ls(as_json: bool, show_all: bool) -> None:
     stored_ids: set[str] = set()
     for rec in store.index.blobs() if cfg.db_path.exists() else []:
         stored_ids.add(rec.model_id or "")
+        tree = (store.read_meta(rec.sha256) or {}).get("part_of")
+        if isinstance(tree, str) and store.find(tree) is not None:
+            continue  # one file of a multi-file artifact: listed as that artifact
         rows.append(
             {
                 "id": rec.model_id,
