@@ -163,7 +163,8 @@ class Collection:
             path = d / "index.db"
             # Created owner-only before SQLite opens it: its -wal and -shm files copy
             # the database file's permissions.
-            os.close(open_nofollow(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+            for f in (path, d / ".lock"):
+                os.close(open_nofollow(f, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
         except OSError as exc:
             if isinstance(exc, LocaraError):
                 raise

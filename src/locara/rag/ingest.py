@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +165,7 @@ def _add_file(
         text = pdf_text(path, _read_all(store, sha))
         cite_sha, _ = store.put_bytes(text.data)
         page_starts = text.page_starts
-    views = _views(store, path, kind, cite_sha)
+    chunks = _chunks(store, path, kind, cite_sha, page_starts, config)
     if progress:
         progress(f"indexing {path}")
     n = collection.replace_document(
@@ -175,7 +175,7 @@ def _add_file(
         kind=kind,
         size_bytes=size,
         page_starts=page_starts,
-        batches=_embedded(chunk_views(views, config), embedder, path, progress),
+        batches=_embedded(chunks, embedder, path, progress),
     )
     (report.updated if old is not None else report.added).append((key, n))
 
@@ -197,12 +197,29 @@ def _read_all(store: DocumentStore, sha: str) -> bytes:
         return f.read()
 
 
-def _views(store: DocumentStore, path: Path, kind: str, cite_sha: str) -> Iterator[TextView]:
+def _chunks(
+    store: DocumentStore,
+    path: Path,
+    kind: str,
+    cite_sha: str,
+    page_starts: tuple[int, ...],
+    config: ChunkConfig,
+) -> Iterator[TextChunk]:
     if kind == "html":
-        yield html_view(path, _read_all(store, cite_sha))
+        yield from chunk_views([html_view(path, _read_all(store, cite_sha))], config)
+        return
+    if kind == "pdf":
+        # Page by page, so every chunk (and every citation) lies on one page.
+        data = _read_all(store, cite_sha)
+        ordinal = 0
+        for a, b in zip(page_starts, (*page_starts[1:], len(data)), strict=True):
+            view = TextView.of_utf8(data[a:b].decode("utf-8"), a)
+            for c in chunk_views([view], config):
+                yield replace(c, ordinal=ordinal)
+                ordinal += 1
         return
     with store.path(cite_sha).open("rb") as f:
-        yield from text_views(path, iter(lambda: f.read(BLOCK), b""))
+        yield from chunk_views(text_views(path, iter(lambda: f.read(BLOCK), b"")), config)
 
 
 def _embedded(
