@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import DEFAULT_MODEL, DEFAULT_SHA, run_cli
 
 CAPITAL = "Name the capital city of France."
@@ -35,9 +37,16 @@ def test_json_output_has_answer_usage_and_timings(cli) -> None:
     assert usage["completion_tokens"] >= 3
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     t = data["timings"]
-    for key in ("load_s", "ttft_s", "prompt_s", "generation_s", "generation_tokens_per_s"):
-        assert t[key] >= 0, key
-    assert t["generation_tokens_per_s"] > 0
+    assert t["load_s"] > 0 and t["prompt_s"] > 0 and t["generation_s"] > 0
+    # The first token comes out of the prompt's evaluation, so it cannot come sooner.
+    assert t["ttft_s"] >= t["prompt_s"]
+    # The rates are those timings: every prompt token evaluated (nothing cached in a fresh
+    # process), and every token after the first one decoded.
+    assert usage["cached_tokens"] == 0
+    pp = usage["prompt_tokens"] / t["prompt_s"]
+    tg = (usage["completion_tokens"] - 1) / t["generation_s"]
+    assert t["prompt_tokens_per_s"] == pytest.approx(pp, rel=0.01)
+    assert t["generation_tokens_per_s"] == pytest.approx(tg, rel=0.01)
 
 
 def test_max_tokens_limits_the_answer(cli) -> None:

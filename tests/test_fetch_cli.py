@@ -223,6 +223,20 @@ def test_pull_hf_shorthand_registers_and_pins(home: Path, server: LoopbackServer
     server.fault(PATH, "wrong_bytes")
     res = run_cli("pull", "org-repo-model", home=home, env=env)
     assert res.returncode == 1 and f"expected {DEFAULT_SHA}" in res.stderr
-    for bad in ("hf://org/repo/notes.txt", "hf://org/../etc/x.gguf", "hf://org"):
+    for bad, error, hint in (
+        (
+            "hf://org/repo/notes.txt",
+            "hf://org/repo/notes.txt is not a .gguf file",
+            "pull a GGUF file: hf://owner/repo/model.Q4_K_M.gguf",
+        ),
+        *(
+            (src, f"invalid hf:// source {src!r}", "use hf://owner/repo/file or hf://owner/")
+            for src in ("hf://org/../etc/x.gguf", "hf://org")
+        ),
+    ):
         res = run_cli("pull", bad, home=home, env=env)
-        assert res.returncode in (1, 2) and "hint:" in res.stderr, bad
+        assert res.returncode == 1, bad
+        assert f"error: {error}\n  hint: {hint}" in res.stderr, bad
+    # A command-line mistake is exit 2, as the README promises.
+    res = run_cli("pull", home=home, env=env)
+    assert res.returncode == 2 and "Missing argument 'MODEL'" in res.stderr

@@ -276,9 +276,14 @@ def test_add_local_file_and_tree_for_converters(settings: Settings, tmp_path: Pa
     assert tree.is_tree and tree.path.name == "model.safetensors"
     assert sorted(p.name for p in tree.files) == ["config.json", "model.safetensors"]
     assert store.verify(tree.sha256).sha256 == tree.sha256
-    # the caller's directory stays writable and independent of the store
+    # the caller's directory stays writable and independent of the store: the store
+    # holds copies, so a change there leaves the stored tree whole and unchanged
     (d / "config.json").write_text("changed")
-    assert store.verify(tree.sha256, deep=True)
+    deep = store.verify(tree.sha256, deep=True)
+    assert (deep.sha256, deep.size_bytes) == (tree.sha256, tree.size_bytes)
+    stored = {p.name: p for p in deep.files}
+    assert stored["config.json"].read_text() == '{"a": 1}'
+    assert not stored["config.json"].samefile(d / "config.json")
     f = tmp_path / "x.gguf"
     f.write_bytes(b"abc")
     with pytest.raises(IntegrityError):
