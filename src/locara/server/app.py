@@ -34,7 +34,7 @@ def _error_response(request: Request, exc: LocaraError) -> JSONResponse:
 
 def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     """The server for ``settings`` (home, models) and ``config`` (bind, limits, pool)."""
-    from locara.server import ollama_routes, openai_routes, rag_routes, web_routes
+    from locara.server import media_routes, ollama_routes, openai_routes, rag_routes, web_routes
 
     service = Service(settings, config)
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
     app.state.service = service
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(media_routes.router)  # /v1/audio/transcriptions, /v1/ocr
     app.include_router(rag_routes.router)  # /v1/rag: collections, query, ask, verify
     app.include_router(web_routes.router)  # the dashboard at / and its JSON
     openapi.install(app)  # 400 (not 422) and the front door's codes, as actually sent

@@ -11,6 +11,7 @@ from locara.engine.pool import PoolConfig
 from locara.errors import UsageError
 
 DEFAULT_MAX_BODY = 8 * 2**20
+DEFAULT_MAX_UPLOAD = 2**30  # audio and image uploads (multipart): a long recording fits
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -44,6 +45,7 @@ class ServerConfig:
     pool: PoolConfig
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     # Most tokens one request may generate (None: up to the context). Operators use it
     # to bound the cost of a request; beyond it the answer ends with finish "length".
     max_tokens_cap: int | None = None
@@ -64,7 +66,8 @@ class ServerConfig:
         env: Mapping[str, str] | None = None,
     ) -> ServerConfig:
         """LOCARA_KEEP_ALIVE, LOCARA_QUEUE_DEPTH, LOCARA_NUM_PARALLEL, LOCARA_MEMORY_BUDGET, LOCARA_CTX,
-        LOCARA_CORS_ORIGINS, LOCARA_MAX_BODY_BYTES, LOCARA_MAX_TOKENS, LOCARA_ALLOWED_HOSTS."""
+        LOCARA_CORS_ORIGINS, LOCARA_MAX_BODY_BYTES, LOCARA_MAX_UPLOAD_BYTES, LOCARA_MAX_TOKENS,
+        LOCARA_ALLOWED_HOSTS."""
         env = os.environ if env is None else env
         budget = env.get("LOCARA_MEMORY_BUDGET", "").strip()
         cap = int(_number(env, "LOCARA_MAX_TOKENS", 0))
@@ -81,6 +84,7 @@ class ServerConfig:
             pool=pool,
             cors_origins=_split(env, "LOCARA_CORS_ORIGINS"),
             max_body_bytes=int(_number(env, "LOCARA_MAX_BODY_BYTES", DEFAULT_MAX_BODY)),
+            max_upload_bytes=int(_number(env, "LOCARA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
             max_tokens_cap=cap if cap > 0 else None,
             allowed_hosts=_split(env, "LOCARA_ALLOWED_HOSTS"),
         )

@@ -39,6 +39,8 @@ MODEL_PATHS = frozenset(
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/audio/transcriptions",
+        "/v1/ocr",
         "/v1/models/{model}",
         "/api/chat",
         "/api/generate",

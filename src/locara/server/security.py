@@ -17,7 +17,9 @@ client-disconnect messages pass through untouched. SECURITY.md has the threat mo
   server's own status key (in ``run/server.json``, readable by this user only)
   opens ``/api/status`` for ``locara status``. An unreadable token file closes
   every route but ``/health`` with a 503.
-- Body: at most ``max_body_bytes``, checked against Content-Length and while reading.
+- Body: at most ``max_body_bytes``, checked against Content-Length and while reading;
+  a multipart upload to an upload route (audio, images) at most ``max_upload_bytes``,
+  counted while the route streams it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/health", "/"})
 OPEN_PREFIX = "/web/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # they change nothing and generate nothing
+# Routes that take file uploads: a multipart/form-data body there keeps its content type
+# (its boundary) and may be up to ``max_upload_bytes``, streamed to the route, not held here.
+UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/ocr"})
 
 
 def _host_name(value: str) -> str:
@@ -71,12 +76,19 @@ class SecurityMiddleware:
             self._check_host(headers)
             self._check_origin(method, headers)
             app_name = self._check_token(path, headers, method)
-            receive = await self._bounded_body(headers, receive)
+            upload = path in UPLOAD_PATHS and headers.get("content-type", "").lower().startswith(
+                "multipart/form-data"
+            )
+            receive = await (
+                self._bounded_upload(headers, receive)
+                if upload
+                else self._bounded_body(headers, receive)
+            )
         except LocaraError as exc:
             await _send_error(send, exc, is_ollama_path(path))
             return
         scope.setdefault("state", {})["app_name"] = app_name
-        if scope.get("method") in ("POST", "DELETE"):
+        if scope.get("method") in ("POST", "DELETE") and not upload:
             # Every body is JSON whatever the client says (curl -d sends a form type and
             # Ollama never checks); otherwise such a body would read as no body at all.
             scope["headers"] = [
@@ -191,6 +203,26 @@ class SecurityMiddleware:
 
         return replay
 
+    async def _bounded_upload(self, headers: dict[str, str], receive: Receive) -> Receive:
+        """An upload is counted as the route reads it: a 2-hour recording never sits here."""
+        limit = self.config.max_upload_bytes
+        declared = headers.get("content-length", "").strip()
+        if declared and (not declared.isdigit() or int(declared) > limit):
+            if not declared.isdigit():
+                raise HTTPError(400, f"invalid Content-Length {declared!r}")
+            raise _too_large(int(declared), limit, "LOCARA_MAX_UPLOAD_BYTES")
+        size = 0
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise _too_large(size, limit, "LOCARA_MAX_UPLOAD_BYTES")
+            return message
+
+        return counted
+
 
 def _same_origin(origin: str, host: str) -> bool:
     # A browser sends Origin as scheme://host[:port] and Host as host[:port], both
@@ -210,11 +242,11 @@ def _token_store_broken(exc: StoreError) -> HTTPError:
     )
 
 
-def _too_large(size: int, limit: int) -> HTTPError:
+def _too_large(size: int, limit: int, setting: str = "LOCARA_MAX_BODY_BYTES") -> HTTPError:
     return HTTPError(
         413,
         f"request body is {size} bytes; the limit is {limit}",
-        "send a smaller request, or raise LOCARA_MAX_BODY_BYTES",
+        f"send a smaller request, or raise {setting}",
         code="body_too_large",
     )
 
