@@ -354,3 +354,27 @@ def test_vectors_are_unit_norm_batches(embedder: CountingEmbedder) -> None:
     v = embedder.embed([f"sentence number {i}" for i in range(40)])  # more than one batch
     assert v.shape == (40, 384)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+
+
+def test_unreadable_file_is_refused_with_a_hint(
+    settings: Settings,
+    embedder: CountingEmbedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("Nobody may read this.\n")
+    secret.chmod(0)
+    if os.geteuid() == 0:
+        # Root reads any file: make the read fail as it does for everyone else.
+        import locara.rag.ingest as ingest
+
+        def denied(path: Path) -> tuple[str, int]:
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(ingest, "hash_file", denied)
+    with _collection(settings, "unreadable", embedder) as col:
+        report = _add(settings, col, [secret], embedder)
+    (err,) = report.failed
+    assert "cannot read it: Permission denied" in err.message
+    assert "ls -l" in str(err.hint)

@@ -27,6 +27,8 @@ INSTRUCTIONS = (
 )
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)", re.MULTILINE)
+# An answer's sentence keeps the markers that follow its full stop: "... Cologne. [1]".
+_ANSWER_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+(?:\s*\[\d{1,3}\])*|$)", re.MULTILINE)
 _WORD = re.compile(r"\w+")
 _STOP = frozenset(
     [
@@ -147,7 +149,7 @@ def cite(answer: str, hits: list[Hit], store: DocumentStore) -> Answer:
     spans = [_sentences(store, h) for h in hits]
     out = Answer(answer)
     chosen: dict[tuple[str, int, int], Citation] = {}
-    for sentence in _SENTENCE.findall(answer):
+    for sentence in _ANSWER_SENTENCE.findall(answer):
         named = [int(m) for m in _MARKER.findall(sentence)]
         for n in named:
             if not 1 <= n <= len(hits):

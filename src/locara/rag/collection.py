@@ -15,6 +15,7 @@ of one collection take its lock file, one at a time.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -432,13 +433,30 @@ def referenced_blobs(settings: Settings) -> set[str]:
     return shas
 
 
+@contextlib.contextmanager
+def adding_blobs(settings: Settings) -> Iterator[None]:
+    """Held (shared) while documents are stored and indexed: a blob stored but not yet
+    committed to a collection looks unreferenced, and must not be collected meanwhile."""
+    path = rag_home(settings) / ".blobs.lock"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def collect_blobs(settings: Settings) -> list[str]:
-    """Remove document blobs no collection lists; the digests removed."""
+    """Remove document blobs no collection lists; the digests removed.
+
+    Waits for every ``rag add`` in progress (they hold ``adding_blobs``)."""
     store = documents_store(settings)
-    keep = referenced_blobs(settings)
-    gone = sorted(store.stored() - keep)
-    for sha in gone:
-        store.remove(sha)
+    with exclusive_lock(rag_home(settings) / ".blobs.lock"):
+        keep = referenced_blobs(settings)
+        gone = sorted(store.stored() - keep)
+        for sha in gone:
+            store.remove(sha)
     return gone
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from locara.errors import LocaraError
 from locara.rag.chunking import ChunkConfig, TextChunk, TextView, chunk_views
-from locara.rag.collection import Collection, documents_store
+from locara.rag.collection import Collection, adding_blobs, documents_store
 from locara.rag.docstore import BLOCK, DocumentStore
 from locara.rag.embedder import BATCH, Embedder
 from locara.rag.extract import DocumentError, html_view, kind_of, pdf_text, text_views
@@ -104,7 +104,7 @@ def add_paths(
     config = config or ChunkConfig()
     store = documents_store(settings)
     report = AddReport()
-    with collection.writing():
+    with collection.writing(), adding_blobs(settings):
         for path, explicit in walk(paths, report):
             try:
                 kind = kind_of(path)
