@@ -22,12 +22,18 @@ from locara.engine.pool import Lease
 from locara.engine.runner import in_thread
 from locara.errors import LocaraError, UsageError
 from locara.rag.answer import Answer, Citation, build_messages, cite, verify
-from locara.rag.collection import Collection, collection_names, documents_store
+from locara.rag.collection import (
+    Collection,
+    MissingCollectionError,
+    collection_names,
+    documents_store,
+)
 from locara.rag.search import Fusion, Hit, search
 from locara.server.common import app_name, service
-from locara.server.errors import error_body, validation_message
+from locara.server.errors import HTTPError, error_body, validation_message
 from locara.server.service import Caller, Service
 from locara.server.streaming import CancellableStream, sse
+from locara.settings import Settings
 
 router = APIRouter(tags=["rag"])
 QUESTION_MAX = 4000
@@ -70,11 +76,18 @@ class RagExtra(_Body):
     vector_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
 
 
+def _open(settings: Settings, name: str) -> Collection:
+    try:
+        return Collection.open(settings, name)
+    except MissingCollectionError as exc:
+        raise HTTPError(404, exc.message, exc.hint, code="collection_not_found") from None
+
+
 async def retrieve(
     svc: Service, caller: Caller, name: str, question: str, k: int, fusion: Fusion
 ) -> list[Hit]:
     """The ``k`` best chunks of collection ``name`` for ``question``."""
-    col = await in_thread(Collection.open, svc.settings, name)
+    col = await in_thread(_open, svc.settings, name)
     try:
         vector = None
         if fusion.vector_weight > 0:
@@ -110,7 +123,7 @@ async def collection_status(name: str, request: Request) -> dict[str, Any]:
     settings = service(request).settings
 
     def read() -> dict[str, Any]:
-        with Collection.open(settings, name) as col:
+        with _open(settings, name) as col:
             docs = [{**d.__dict__, "page_starts": list(d.page_starts)} for d in col.documents()]
             return {**col.stats(), "data": docs}
 
