@@ -16,6 +16,7 @@ lint: install
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
 	$(PY) -m mypy --strict src
+	$(PY) -m vulture  # dead code; settings in pyproject.toml [tool.vulture]
 
 test: lint
 	$(PY) -m pytest -q

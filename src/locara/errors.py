@@ -42,8 +42,6 @@ from __future__ import annotations
 class LocaraError(Exception):
     """Base of all Locara errors: a message and a hint naming the next action."""
 
-    exit_code = 1
-
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message

@@ -49,7 +49,6 @@ class Settings:
     home: Path
     registry_paths: tuple[Path, ...] = ()
     offline: bool = False
-    debug: bool = False
     default_model: str = DEFAULT_MODEL
     default_embedding_model: str = DEFAULT_EMBEDDING_MODEL
     host: str = DEFAULT_HOST
@@ -75,7 +74,6 @@ class Settings:
             home=home,
             registry_paths=reg,
             offline=_flag(env, "LOCARA_OFFLINE") or _flag(env, "HF_HUB_OFFLINE"),
-            debug=_flag(env, "LOCARA_DEBUG"),
             default_model=env.get("LOCARA_DEFAULT_MODEL", DEFAULT_MODEL),
             default_embedding_model=env.get("LOCARA_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL),
             host=env.get("LOCARA_HOST", DEFAULT_HOST),

@@ -92,7 +92,6 @@ class ModelShape:
     # Bytes of 2-D weight tensors by ggml type, excluding the token embedding (read by row,
     # never repacked) and matrices whose row count is not a multiple of 8.
     repackable_by_type: tuple[tuple[str, int], ...] = ()
-    approximate: bool = False
 
     def repack_bytes(self, types: frozenset[str]) -> int:
         return sum(n for t, n in self.repackable_by_type if t in types)
@@ -319,7 +318,6 @@ def approximate_shape(
                 context_length=context_length,
                 n_ff=embd * 4,
                 repackable_by_type=_approx_repackable(weights_bytes, quant, embd, vocab),
-                approximate=True,
             )
     raise AssertionError("unreachable: the last shape has no upper bound")
 

@@ -61,7 +61,6 @@ class GGUFInfo:
     metadata: dict[str, Any]
     array_lengths: dict[str, int]
     tensors: tuple[TensorInfo, ...] = field(repr=False)
-    file_size: int
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -257,4 +256,4 @@ def read_gguf(path: Path) -> GGUFInfo:
                 "the file is incomplete: delete it and fetch it again (locara pull MODEL)",
             )
         tensors.append(TensorInfo(name, dims, qtype.name, offset, n_bytes))
-    return GGUFInfo(path, version, meta, lengths, tuple(tensors), size)
+    return GGUFInfo(path, version, meta, lengths, tuple(tensors))

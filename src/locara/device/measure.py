@@ -23,21 +23,13 @@ _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids, as in the backend
 @dataclass(frozen=True)
 class Measurement:
     peak_rss_bytes: int
-    baseline_rss_bytes: int
     n_ctx: int
     kv_type: str
-
-
-def _rss_now() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def _child(path: str, n_ctx: int, kv_type: str, n_threads: int) -> None:
     import llama_cpp
 
-    baseline = _rss_now()
     llm = llama_cpp.Llama(
         model_path=path,
         n_ctx=n_ctx,
@@ -57,7 +49,7 @@ def _child(path: str, n_ctx: int, kv_type: str, n_threads: int) -> None:
     for _ in range(4):
         tok = llm.sample(temp=0.0)
         llm.eval([tok])
-    print(json.dumps({"peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline}))
+    print(json.dumps({"peak_rss_bytes": _peak_rss()}))
 
 
 def _peak_rss() -> int:
@@ -96,7 +88,7 @@ def measure_load(
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"measurement of {path} at n_ctx={n_ctx} failed: {' | '.join(tail)}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Measurement(int(data["peak_rss_bytes"]), int(data["baseline_rss_bytes"]), n_ctx, kv_type)
+    return Measurement(int(data["peak_rss_bytes"]), n_ctx, kv_type)
 
 
 def write_synthetic_llama(

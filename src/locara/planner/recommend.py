@@ -27,8 +27,6 @@ from locara.planner.rank import TASKS, RankWeights, Scored, choose_local_descend
 from locara.planner.results import BenchResult
 from locara.registry.manifest import ModelManifest
 
-TIERS = ("fast", "balanced", "capable")
-
 
 @dataclass(frozen=True)
 class Recommendation:

@@ -30,7 +30,6 @@ class BenchResult:
     backend: str
     quant: str | None
     tg_tps: float
-    pp_tps: float | None
     sha256: str | None
     peak_rss_bytes: int | None
 
@@ -64,7 +63,6 @@ def read_bench_results(path: Path, device: DeviceProfile | None = None) -> list[
             continue
         if not isinstance(tg, (int, float)) or isinstance(tg, bool) or tg <= 0:
             continue
-        pp = rec.get("pp_tps")
         rss = rec.get("peak_rss_bytes")
         out.append(
             BenchResult(
@@ -72,7 +70,6 @@ def read_bench_results(path: Path, device: DeviceProfile | None = None) -> list[
                 backend=str(backend),
                 quant=str(rec["quant"]) if isinstance(rec.get("quant"), str) else None,
                 tg_tps=float(tg),
-                pp_tps=float(pp) if isinstance(pp, (int, float)) else None,
                 sha256=str(rec["sha256"]) if isinstance(rec.get("sha256"), str) else None,
                 peak_rss_bytes=int(rss) if isinstance(rss, int) else None,
             )

@@ -71,10 +71,6 @@ class StoredBlob:
     files: tuple[Path, ...] = ()
 
     @property
-    def directory(self) -> Path:
-        return self.path.parent
-
-    @property
     def is_tree(self) -> bool:
         return self.meta.get("kind") == "tree"
 
