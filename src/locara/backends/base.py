@@ -291,7 +291,6 @@ class Chunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: Timings | None = None
-    logprob: float | None = None
     # Per token since the previous chunk, when the request set ``logprobs``.
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCallDelta, ...] = ()
