@@ -33,7 +33,7 @@ def small_q4_0(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_shape_from_the_default_model(default_gguf: Path) -> None:
     shape = ModelShape.from_gguf(read_gguf(default_gguf))
-    # SmolLM2-135M per FACTS.md: 30 layers, 9 heads, 3 KV heads, embedding 576, context 8192.
+    # SmolLM2-135M per its GGUF header: 30 layers, 9 heads, 3 KV heads, embedding 576, context 8192.
     assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.n_embd) == (30, 9, 3, 576)
     assert shape.key_length == shape.value_length == 576 // 9
     assert shape.context_length == 8192

@@ -2,7 +2,7 @@
 
 The subprocess loads the model as the llama.cpp backend does, fills the whole context
 (the worst case) and decodes a few tokens; its VmHWM is the measured peak. The goal of
-SPEC §4 is a median error within 10%; here every single load must be within 10%, and
+The goal is a median error within 10%; here every single load must be within 10%, and
 the estimate may not be optimistic by more than 5% (an admitted load must not run out
 of memory). bench/fit.py runs the larger cases (8192 tokens, a 1.1B model).
 """

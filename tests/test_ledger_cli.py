@@ -97,7 +97,7 @@ def test_cli_requests_are_recorded_and_read_back(stored_home: Path) -> None:
     tomorrow = (dt.date.today() + dt.timedelta(days=2)).isoformat()
     assert _usage(stored_home, "--since", tomorrow)["totals"]["requests"] == 0  # type: ignore[index]
 
-    # The human table of reference/003, with totals and the cost estimate.
+    # The human table (requests, tokens, tok/s, last use), with totals and the cost estimate.
     res = run_cli("usage", home=stored_home)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()

@@ -184,7 +184,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelManife
 # (profile, model) -> (backend, quant, n_ctx, kv_type, gpu layers: "all" | "some" | 0, threads)
 # or None when nothing fits. The default request asks for 4096 tokens.
 EXPECTED: list[tuple[str, str, tuple[str, str, int, str, object, int] | None]] = [
-    # 8 GB Mac: MLX for the 7B (reference/000), 4-bit; 14B and 70B do not fit.
+    # 8 GB Mac: MLX for the 7B (Apple Silicon rule), 4-bit; 14B and 70B do not fit.
     ("mac-8gb", "qwen2.5-0.5b-instruct", ("llama_cpp", "Q4_K_M", 4096, "f16", "all", 3)),
     ("mac-8gb", "qwen2.5-7b-instruct", ("mlx", "4bit", 4096, "f16", 0, 3)),
     ("mac-8gb", "qwen2.5-14b-instruct", None),
@@ -365,7 +365,7 @@ def test_measured_results_override_the_backend_rule(
     )
     assert pinned.expected_tg_tps == 31.5
     assert pinned.tps_source and "measured" in pinned.tps_source
-    # Without results the reference/000 rule stands.
+    # Without results the Apple Silicon rule stands.
     assert plan_model(manifests["qwen2.5-7b-instruct"], device).backend == "mlx"
     assert read_bench_results(tmp_path / "missing.jsonl") == []
 

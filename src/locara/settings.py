@@ -63,7 +63,7 @@ class Settings:
         """Read LOCARA_* (and HF_*) variables now; defaults come from platformdirs."""
         env = os.environ if env is None else env
         home_s = env.get("LOCARA_HOME")
-        # SPEC §2: ~/Library/Caches/Locara on macOS, $XDG_CACHE_HOME/locara on Linux.
+        # The platform cache directory: ~/Library/Caches/Locara on macOS, $XDG_CACHE_HOME/locara on Linux.
         app = "Locara" if sys.platform == "darwin" else "locara"
         home = Path(home_s).expanduser() if home_s else Path(platformdirs.user_cache_dir(app))
         reg = tuple(

@@ -24,7 +24,7 @@ def is_permissive(license_id: str) -> bool:
 
 
 def license_warning(model_id: str, license_id: str) -> str:
-    """The warning of reference/000 for one model, or '' for a permissive license."""
+    """The license warning shown before an app installs a model, or '' for a permissive license."""
     if is_permissive(license_id):
         return ""
     name = NAMES.get(license_id, license_id)

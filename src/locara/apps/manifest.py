@@ -1,4 +1,4 @@
-"""The app manifest ``locara.app.json`` (SPEC §3): an app and the exact models it pins.
+"""The app manifest ``locara.app.json``: an app and the exact models it pins.
 
     {"id": "notes", "name": "Notes", "version": "1.2.0",
      "models": ["smollm2-135m-instruct@sha256:<64 hex>",

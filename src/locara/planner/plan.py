@@ -13,11 +13,11 @@ so the explanation always matches what runs.
 
 The rules, in order:
 
-1. Backend (reference/000): Apple Silicon + an MLX artifact + MLX installed → MLX,
+1. Backend: Apple Silicon + an MLX artifact + MLX installed → MLX,
    unless the request needs a feature only llama.cpp has; else llama.cpp. Benchmark
    results measured on this device override the rule when the other backend generated
    more than 10% faster.
-2. Quant (reference/003): the device's memory class sets a ceiling — 8 GB → Q4_K_M,
+2. Quant: the device's memory class sets a ceiling — 8 GB → Q4_K_M,
    16 GB → Q5_K_M, 32 GB → Q6_K, 64 GB → Q8_0, 96 GB+ → F16 — and the planner takes the
    best quant at or under the ceiling that fits, else the smallest above it that fits.
    On battery below 20% the smallest quant that fits wins (fewer bytes per token).
@@ -710,9 +710,7 @@ def _no_fit(pl: _Planning, near: list[_Attempt]) -> Plan:
             "models (see: locara recommend)"
         )
         alternatives.append("free memory (close other programs), then: locara plan " + manifest.id)
-    alternatives.append(
-        "escalate to a configured OpenAI-compatible endpoint, if a policy allows (SPEC §13)"
-    )
+    alternatives.append("escalate to a configured OpenAI-compatible endpoint, if a policy allows")
     return Plan(
         model_id=manifest.id,
         ok=False,

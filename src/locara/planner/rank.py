@@ -1,4 +1,4 @@
-"""choose_local_descendant (reference/004): the best local model for a task on this device.
+"""choose_local_descendant: the best local model for a task on this device.
 
     candidates <- registry models whose modality serves the task
     feasible   <- those the planner can fit in memory, on a runtime this device has
@@ -227,5 +227,5 @@ def _nearest(plans: list[Plan], n_ctx: int | None) -> tuple[str, ...]:
         )
     if n_ctx is None or n_ctx > 512:
         out.append("a shorter context: --ctx 512")
-    out.append("escalate to a configured OpenAI-compatible endpoint, if a policy allows (SPEC §13)")
+    out.append("escalate to a configured OpenAI-compatible endpoint, if a policy allows")
     return tuple(out)

@@ -1,4 +1,4 @@
-"""``recommend``: models for this device by tier — fast, balanced, capable (reference/003).
+"""``recommend``: models for this device by tier — fast, balanced, capable.
 
 Every registry model that serves the task is planned for the device; those that fit
 are placed in tiers by size:

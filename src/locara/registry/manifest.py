@@ -1,4 +1,4 @@
-"""The model manifest (SPEC §1) as strict pydantic models.
+"""The model manifest as strict pydantic models.
 
 A manifest describes one logical model; ``artifacts`` maps a backend name to one
 artifact or a list of them (one per quant). Every name that later becomes part of

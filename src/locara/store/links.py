@@ -1,7 +1,7 @@
 """Putting one file at a second path without copying it: hardlink, else reflink, else copy.
 
 Which of the three happened is returned, because a copy costs disk and the user is
-told about it (SPEC §2/§3: copy only as a visible fallback).
+told about it: a copy is only ever a visible fallback.
 """
 
 from __future__ import annotations
