@@ -84,9 +84,10 @@ def probe(path: Path) -> AudioInfo:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
             raise _not_audio(path, f"it has no audio stream ({kinds})")
         stream = streams[0]
-        codec = stream.codec_context
-        name = getattr(codec, "name", None) or "unknown"
-        if name in ("none", "unknown") or not getattr(codec, "is_decoder", True):
+        codec = stream.codec_context  # None when FFmpeg has no decoder for it
+        # The format's name (mp3), not the decoder's (mp3float).
+        name = (codec.codec.canonical_name or codec.name) if codec is not None else "unknown"
+        if codec is None or name in ("none", "unknown"):
             raise UsageError(
                 f"{path.name} uses an audio codec this FFmpeg cannot decode ({name})",
                 f"convert it first (e.g. ffmpeg -i {path.name} out.flac), or send {FORMATS}",

@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 from locara.errors import UsageError
@@ -38,7 +39,9 @@ def open_image(data: bytes, what: str, settings: Settings) -> Image.Image:
         raise UsageError(f"{what} is empty (0 bytes)", f"send a {FORMATS} image")
     too_large = "send a smaller image, or raise LOCARA_MAX_IMAGE_PIXELS"
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow's bomb warning: our own limit follows
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # beyond Pillow's own (higher) limit
         raise UsageError(f"{what} is too large: {exc}", too_large) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
