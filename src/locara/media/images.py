@@ -50,8 +50,7 @@ def open_image(data: bytes, what: str, settings: Settings) -> Image.Image:
     limit = settings.max_image_pixels
     if width * height > limit:
         raise UsageError(
-            f"{what} is {width}x{height} ({width * height / 1e6:.1f} megapixels); the limit "
-            f"is {limit / 1e6:.1f} megapixels",
+            f"{what} is {width}x{height} ({_pixels(width * height)}); the limit is {_pixels(limit)}",
             too_large,
         )
     try:
@@ -61,6 +60,10 @@ def open_image(data: bytes, what: str, settings: Settings) -> Image.Image:
             f"{what} is a damaged {img.format or 'image'} file: {exc}", f"send a valid {FORMATS}"
         ) from exc
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n:,} pixels"
 
 
 def image_url_bytes(url: str, what: str, settings: Settings) -> bytes:
