@@ -111,3 +111,26 @@ def ancestry(settings: Settings, sha256: str) -> list[LineageRecord]:
             out.append(rec)
             todo.extend(rec.parents)
     return out
+
+
+def record_derivation(settings: Settings, sources: tuple[str, ...], sha256: str) -> None:
+    """Write the lineage record of a stored artifact made from a ``derived://`` source.
+
+    Idempotent: an existing record (from the conversion that made the blob) is kept.
+    """
+    from locara.store.derived import SCHEME, parse_derived
+
+    derived = [s for s in sources if s.startswith(SCHEME)]
+    if not derived or read_lineage(settings, sha256) is not None:
+        return
+    d = parse_derived(derived[0])
+    record_lineage(
+        settings,
+        LineageRecord(
+            sha256=sha256,
+            parents=(d.parent_sha256,),
+            operator="convert",
+            tool=tool_version("gguf", "numpy"),
+            params={"to": d.to, "type": d.outtype, "from": d.source, "url": derived[0]},
+        ),
+    )

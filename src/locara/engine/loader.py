@@ -128,7 +128,7 @@ def resolve(
     artifact = select_artifact(manifest, ref, store, key, planned=first.artifact)
     blob = ensure_artifact(store, manifest, artifact, settings, progress)
     if any(src.startswith("derived://") for src in artifact.sources):
-        from locara.convert.derived import record_derivation
+        from locara.ecology.lineage import record_derivation
 
         record_derivation(settings, artifact.sources, blob.sha256)
     plan = first

@@ -166,7 +166,7 @@ def local_source(art: Artifact) -> LocalSource | None:
 
 def _present(sources: Iterable[str]) -> tuple[str, Path, float] | None:
     """The first local source whose bytes exist: (source, the file it reads, its mtime)."""
-    from locara.convert.derived import SCHEME, parse_derived
+    from locara.store.derived import SCHEME, parse_derived
     from locara.store.sources import local_path
 
     for source in sources:
@@ -232,8 +232,8 @@ def model_facts(entry_path: Path | None, source: str | None, fmt: str) -> ModelF
         except (LocaraError, OSError):
             pass
     if source is not None and source.startswith("derived://"):
-        from locara.convert.derived import parse_derived
         from locara.convert.hf_to_gguf import inspect_hf_dir
+        from locara.store.derived import parse_derived
         from locara.store.sources import local_path
 
         try:

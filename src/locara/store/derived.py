@@ -9,8 +9,8 @@ A manifest can say "this GGUF is what ``locara convert`` makes from package X":
 and ``from_sha256`` pin the parent weights (checked before converting: a different
 package version is refused, not silently converted), and the store then verifies
 the output against the artifact's own ``sha256`` like any download. The converters
-are deterministic, which is what makes a pinned output digest possible. Each
-conversion writes a lineage record (parent digest, operator, tool version, time).
+are deterministic, which is what makes a pinned output digest possible. Whoever stores
+the result writes its lineage record (``locara.ecology.lineage.record_derivation``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, urlparse
 
 from locara.errors import FetchError, IntegrityError
 from locara.registry.names import check_filename, check_sha256
-from locara.settings import Settings
+from locara.store.blobs import hash_file
+from locara.store.sources import local_path
 
 SCHEME = "derived://"
 
@@ -73,12 +74,10 @@ def iter_derived(url: str) -> Iterator[bytes]:
 
     The store hashes what this yields and keeps it only if it matches the
     artifact's pinned SHA-256. The lineage record is written by whoever holds the
-    settings once the blob is stored (``record_derivation``): this generator runs
-    inside the store and knows no LOCARA_HOME.
+    settings once the blob is stored: this generator runs inside the store and knows
+    no LOCARA_HOME.
     """
     from locara.convert.hf_to_gguf import convert_hf_to_gguf, iter_file
-    from locara.store.blobs import hash_file
-    from locara.store.sources import local_path
 
     d = parse_derived(url)
     src_dir = local_path(d.source)
@@ -107,26 +106,3 @@ def iter_derived(url: str) -> Iterator[bytes]:
         yield from iter_file(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def record_derivation(settings: Settings, sources: tuple[str, ...], sha256: str) -> None:
-    """Write the lineage record of a stored artifact made from a ``derived://`` source.
-
-    Idempotent: an existing record (from the conversion that made the blob) is kept.
-    """
-    from locara.ecology.lineage import LineageRecord, read_lineage, record_lineage, tool_version
-
-    derived = [s for s in sources if s.startswith(SCHEME)]
-    if not derived or read_lineage(settings, sha256) is not None:
-        return
-    d = parse_derived(derived[0])
-    record_lineage(
-        settings,
-        LineageRecord(
-            sha256=sha256,
-            parents=(d.parent_sha256,),
-            operator="convert",
-            tool=tool_version("gguf", "numpy"),
-            params={"to": d.to, "type": d.outtype, "from": d.source, "url": derived[0]},
-        ),
-    )

@@ -23,6 +23,8 @@ from locara.registry.manifest import Artifact, ModelManifest
 from locara.registry.names import check_filename, check_sha256
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, StoredBlob
+from locara.store.derived import SCHEME as DERIVED
+from locara.store.derived import iter_derived
 from locara.store.http import HttpOptions
 from locara.store.locks import exclusive_lock
 from locara.store.sources import is_local, iter_local
@@ -120,9 +122,12 @@ def fetch_blob(
         for source in sources:
             try:
                 if is_local(source):
-                    return store.ingest(
-                        iter_local(source), sha256, size_bytes, ext, blob_meta, tick
+                    chunks = (
+                        iter_derived(source)  # converted here, only when a conversion is due
+                        if source.startswith(DERIVED)
+                        else iter_local(source)
                     )
+                    return store.ingest(chunks, sha256, size_bytes, ext, blob_meta, tick)
                 if settings.offline:
                     raise OfflineError(
                         f"Locara is offline; not fetching {source}", "unset LOCARA_OFFLINE", source

@@ -50,11 +50,7 @@ def local_path(url: str) -> Path:
 
 
 def iter_local(url: str) -> Iterator[bytes]:
-    if url.startswith("derived://"):
-        from locara.convert.derived import iter_derived  # only when a conversion is due
-
-        yield from iter_derived(url)
-        return
+    """The bytes of a ``package://`` or ``file://`` source (``derived://``: store.derived)."""
     path = local_path(url)
     try:
         f = path.open("rb")
