@@ -42,10 +42,13 @@ def server_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
 
 @contextmanager
 def running_server(
-    home: Path, env: dict[str, str] | None = None, host: str = "127.0.0.1"
+    home: Path, env: dict[str, str] | None = None, host: str = "127.0.0.1", port: int | None = None
 ) -> Iterator[RunningServer]:
-    """``locara serve`` against ``home`` until the block ends; fails with the log if it dies."""
-    port = free_port()
+    """``locara serve`` against ``home`` until the block ends; fails with the log if it dies.
+
+    ``port`` reuses an address (a restarted server); by default a free one is picked.
+    """
+    port = port or free_port()
     log = home.parent / f"server-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

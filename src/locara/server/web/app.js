@@ -48,6 +48,8 @@ const fmt = {
   },
   num(n, digits = 1) { return n === null || n === undefined ? "-" : Number(n).toFixed(digits); },
   int(n) { return n === null || n === undefined ? "-" : Number(n).toLocaleString("en"); },
+  // Cents hide the small sums a light user saves: two significant digits below a cent.
+  money(v) { return v === 0 ? "0" : v >= 0.01 ? v.toFixed(2) : Number(v.toPrecision(2)).toString(); },
   secs(s) { return s === null || s === undefined ? "-" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`; },
   ago(iso) {
     if (!iso) return "never";
@@ -339,10 +341,9 @@ async function send(event) {
     temperature: chat.state.temperature,
   };
   if (chat.state.maxTokens) body.max_tokens = Number(chat.state.maxTokens);
-  const extra = {};
-  if ($("#chat-adapter").value) extra.adapters = [$("#chat-adapter").value];
-  if ($("#chat-collection").value) extra.rag = $("#chat-collection").value;
-  if (Object.keys(extra).length) body.locara = extra;
+  // Locara's own request fields: an adapter stack, and a document collection to answer from.
+  if ($("#chat-adapter").value) body.adapters = [$("#chat-adapter").value];
+  if ($("#chat-collection").value) body.locara = { rag: $("#chat-collection").value };
 
   chat.controller = new AbortController();
   setBusy(true);
@@ -417,7 +418,6 @@ async function loadModels() {
         el("button", { type: "button", class: "danger", "data-remove": `${m.model}:${m.quant || ""}`.replace(/:$/, "") }, "Remove")),
     ]), "Nothing stored yet: pull a model below.");
     $("#catalog").replaceChildren(...models.catalog.map((c) => el("option", { value: c.id }, `${c.display_name} (${c.license})`)));
-    status.textContent = "";
   } catch (err) {
     status.textContent = err.text;
   }
@@ -475,6 +475,8 @@ async function pull(event) {
         bar.max = event.total;
         bar.value = event.completed;
         status.textContent = `${model}: ${fmt.bytes(event.completed)} of ${fmt.bytes(event.total)}`;
+      } else if (event.completed) {  // a download of unknown size: bytes only
+        status.textContent = `${model}: ${fmt.bytes(event.completed)}`;
       } else if (event.status) {
         status.textContent = `${model}: ${event.status}`;
       }
@@ -512,7 +514,7 @@ async function explainPlan(event, model) {
 
 // ---------------------------------------------------------------- usage
 function chart(title, points, series, unit, format) {
-  const W = 560, H = 200, L = 56, R = 12, T = 28, B = 30;
+  const W = 480, H = 210, L = 64, R = 12, T = 30, B = 30;
   const values = points.flatMap((p) => series.map((s) => p[s.key])).filter((v) => v !== null && v !== undefined);
   const max = Math.max(...values, 0) || 1;
   const t0 = points.length ? points[0].t : 0;
@@ -521,7 +523,7 @@ function chart(title, points, series, unit, format) {
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}: ${points.length} points` });
   root.append(svg("title", {}, title));
-  root.append(svg("text", { x: L, y: 16, class: "chart-title" }, title + (unit ? ` (${unit})` : "")));
+  root.append(svg("text", { x: 4, y: 18, class: "chart-title" }, title + (unit ? ` (${unit})` : "")));
   for (const frac of [0, 0.5, 1]) {
     const v = max * frac;
     root.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
@@ -541,7 +543,7 @@ function chart(title, points, series, unit, format) {
       dot.append(svg("title", {}, `${s.label} ${when(p.t)}: ${format(p[s.key])}`));
       root.append(dot);
     }
-    root.append(svg("text", { x: W - R - 150 * (series.length - 1 - i), y: 16, class: `legend s${i}`, "text-anchor": "end" }, s.label));
+    root.append(svg("text", { x: W - R - 60 * (series.length - 1 - i), y: 18, class: `legend s${i}`, "text-anchor": "end" }, s.label));
   });
   return el("figure", { class: "chart" }, root);
 }
@@ -572,7 +574,7 @@ async function loadUsage(event) {
     ["Tokens in", fmt.int(totals.prompt_tokens)],
     ["Tokens out", fmt.int(totals.completion_tokens)],
     ["Average tok/s", tps.length ? fmt.num(tps.reduce((a, b) => a + b) / tps.length) : "-"],
-    ["Cost saved", cheapest ? `${saved.currency} ${cheapest[1].toFixed(4)} vs ${cheapest[0]}` : "-"],
+    ["Cost saved", cheapest ? `${saved.currency} ${fmt.money(cheapest[1])} vs ${cheapest[0]}` : "-"],
   ];
   $("#usage-totals").replaceChildren(...cards.flatMap(([k, v]) => [el("div", {}, el("dt", {}, k), el("dd", {}, v))]));
   const pts = data.series.points;
@@ -585,7 +587,7 @@ async function loadUsage(event) {
     chart("Tokens", pts, [{ key: "prompt_tokens", label: "in" }, { key: "completion_tokens", label: "out" }], per, n),
     chart("Generation speed", pts, [{ key: "tps", label: "tok/s" }], "tok/s", (v) => fmt.num(v)),
     chart("Time to first token", pts, [{ key: "ttft_p50_s", label: "p50" }, { key: "ttft_p95_s", label: "p95" }], "", fmt.secs),
-    chart("Cloud cost saved", cumulative, [{ key: "saved", label: data.series.priced_vs ? `vs ${data.series.priced_vs}` : "saved" }], data.series.currency || "", (v) => v.toFixed(4)),
+    chart("Cloud cost saved", cumulative, [{ key: "saved", label: data.series.priced_vs ? `vs ${data.series.priced_vs}` : "saved" }], data.series.currency || "", fmt.money),
   );
   fillTable($("#recent-table"), data.recent.map((r) => [
     new Date(r.ts).toLocaleString(), r.model, r.app,
