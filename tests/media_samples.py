@@ -29,6 +29,26 @@ OCR_LINES = (
 )
 
 
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, ignoring case and punctuation (jiwer)."""
+    import jiwer
+
+    norm = jiwer.Compose(
+        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+         jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
+    )  # fmt: skip
+    return float(
+        jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
+    )
+
+
+def char_accuracy(reference: str, hypothesis: str) -> float:
+    """1 - character error rate (jiwer)."""
+    import jiwer
+
+    return 1.0 - float(jiwer.cer(reference, hypothesis))
+
+
 def require_speech_tools() -> None:
     missing = [p for p in ("espeak-ng", "sox") if shutil.which(p) is None]
     if missing:

@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import jiwer
 import pytest
 
 from conftest import run_cli
@@ -23,13 +22,9 @@ from locara.ledger.db import UsageDB
 from locara.media.images import image_url_bytes, open_image
 from locara.settings import Settings
 from loopback_server import LoopbackServer
-from media_samples import OCR_LINES, png_header_only, render_text
+from media_samples import OCR_LINES, char_accuracy, png_header_only, render_text
 
 MODEL = "rapidocr-ppocrv4"
-
-
-def char_accuracy(reference: str, hypothesis: str) -> float:
-    return 1.0 - float(jiwer.cer(reference, hypothesis))
 
 
 def png(img: object) -> bytes:

@@ -13,7 +13,6 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import jiwer
 import pytest
 
 from conftest import run_cli
@@ -29,19 +28,10 @@ from media_samples import (
     speak,
     transcode,
     wav_with_unknown_codec,
+    wer,
 )
 
 MODEL = "whisper-tiny.en"
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    norm = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-         jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
-    )  # fmt: skip
-    return float(
-        jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
-    )
 
 
 @pytest.fixture(scope="module")

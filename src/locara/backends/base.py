@@ -43,6 +43,9 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
     tool_call_id: str | None = None  # a tool result: the call it answers
     name: str | None = None  # a tool result: the function that produced it
+    # A user's images (PNG, JPEG, ... bytes, checked and size-limited by the server), for
+    # a model with a vision projector; the chat template puts them before the text.
+    images: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from locara.backends.base import GenerationRequest, Message
 from locara.errors import ChatTemplateError, TemplateRefusedError, UnsupportedFeatureError
 
+# What stands for one image in a prompt (llama.cpp's mtmd_default_marker()); the worker
+# replaces each with that image's embeddings, in order.
+MEDIA_MARKER = "<__media__>"
 # (text, parse_special): template text may hold special tokens, contents never do.
 Segment = tuple[str, bool]
 
@@ -130,7 +133,20 @@ def request_segments(
         )
     nonce = secrets.token_hex(8)
     start, end = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
-    wrapped = [Message(m.role, start + m.content + end) for m in req.messages]
+    if any(m.images for m in req.messages):
+        for m in req.messages:
+            if MEDIA_MARKER in m.content:
+                raise TemplateRefusedError(
+                    f"a {m.role} message contains {MEDIA_MARKER!r}, which stands for an "
+                    "image in a prompt with images",
+                    f"remove {MEDIA_MARKER!r} from the message",
+                )
+    # An image's place in the prompt is a marker outside the content (template text), one
+    # per image before the message's text: llama.cpp's multimodal prompt format.
+    wrapped = [
+        Message(m.role, MEDIA_MARKER * len(m.images) + start + m.content + end)
+        for m in req.messages
+    ]
     text = render_chat(template, wrapped, bos_token=bos_token, eos_token=eos_token)
     segments = _split(text, start, end)
     if segments is not None:
@@ -143,7 +159,8 @@ def request_segments(
                     f"{model_id}'s chat template cannot keep apart from its own markers",
                     f"remove {word!r} from the message",
                 )
-    plain = render_chat(template, req.messages, bos_token=bos_token, eos_token=eos_token)
+    marked = [Message(m.role, MEDIA_MARKER * len(m.images) + m.content) for m in req.messages]
+    plain = render_chat(template, marked, bos_token=bos_token, eos_token=eos_token)
     return [(plain, True)]
 
 

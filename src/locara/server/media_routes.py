@@ -52,11 +52,10 @@ def _check_modality(svc: Service, reference: str, modality: str, use: str) -> st
 
     manifest = Registry(svc.settings).get(parse_ref(reference).id)
     if manifest.modality != modality:
-        kind = {"stt": "speech-to-text", "ocr": "OCR"}
+        kind = {"stt": "a speech-to-text", "ocr": "an OCR", "embedding": "an embedding"}
+        have = kind.get(manifest.modality, f"a {manifest.modality}")
         raise UnsupportedFeatureError(
-            f"{manifest.id} is a {kind.get(manifest.modality, manifest.modality)} model, "
-            f"not a {kind[modality]} model",
-            use,
+            f"{manifest.id} is {have} model, not {kind[modality]} model", use
         )
     return manifest.id
 

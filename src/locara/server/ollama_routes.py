@@ -44,6 +44,7 @@ from locara.errors import (
 from locara.registry.catalog import Registry
 from locara.registry.manifest import ModelManifest
 from locara.registry.refs import parse_ref
+from locara.server import vision
 from locara.server.adapters import AdapterList, request_adapters
 from locara.server.common import (
     app_name,
@@ -331,6 +332,8 @@ def _builder(
     def build(lease: Lease) -> GenerationRequest:
         if tools:
             require_tools(lease)
+        if any(m.images for m in messages):
+            vision.require_vision(lease)
         capped = svc.cap_tokens(max_tokens, lease)
         return _request(
             lease,
@@ -354,10 +357,21 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     keep_alive = parse_keep_alive(body.keep_alive)
     if not body.messages:
         return await _load_only(request, reference, keep_alive, "message")
-    if any(m.images for m in body.messages):
-        raise UsageError("image inputs are not supported by this model", "send text only")
     messages = to_messages([(m.role, m.content) for m in body.messages])
     messages = ollama_messages(messages, body.messages)
+    images = any(m.images for m in body.messages)
+    if images:  # refused for a text-only model before anything is decoded or loaded
+        settings = service(request).settings
+        vision.check_vision_model(settings, reference)
+        found = await in_thread(
+            lambda: {
+                i: vision.ollama_images(m.images, f"messages[{i}]", settings)
+                for i, m in enumerate(body.messages)
+                if m.images
+            },
+            name="locara-image",
+        )
+        messages = vision.attach(messages, found)
     tools = ollama_tools(body.tools)
     check_tools(messages, tools, ToolChoice())
     opts = _check_options(body.options)
@@ -383,7 +397,12 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     if not body.prompt and not body.suffix:
         return await _load_only(request, reference, keep_alive, "response")
     if body.images:
-        raise UsageError("image inputs are not supported by this model", "send text only")
+        # /api/generate wraps the prompt in the chat template: send images with /api/chat,
+        # where each belongs to a message.
+        vision.check_vision_model(service(request).settings, reference)
+        raise UsageError(
+            "images on /api/generate are not supported", "send them with /api/chat messages"
+        )
     if body.template:
         raise UsageError("custom templates are not supported", "omit template, or use raw: true")
     if body.suffix:

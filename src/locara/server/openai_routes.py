@@ -17,6 +17,7 @@ from locara.backends.base import Chunk, GenerationRequest, TokenLogprob
 from locara.engine.pool import Lease
 from locara.engine.runner import ThreadedRun, batches, in_thread
 from locara.errors import LocaraError, UnknownModelError, UnsupportedFeatureError, UsageError
+from locara.server import vision
 from locara.server.adapters import request_adapters
 from locara.server.common import (
     app_name,
@@ -35,6 +36,7 @@ from locara.server.openai_schema import (
     ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
+    ImagePart,
     RefusalPart,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
@@ -88,8 +90,8 @@ def _text_of(msg: ChatMessage) -> str:
             parts.append(part.text)
         elif isinstance(part, RefusalPart):
             parts.append(part.refusal)
-        else:
-            kind = {"image_url": "image", "input_audio": "audio", "file": "file"}[part.type]
+        elif not isinstance(part, ImagePart):  # images travel beside the text (vision.py)
+            kind = {"input_audio": "audio", "file": "file"}[part.type]
             raise UnsupportedFeatureError(
                 f"{kind} inputs are not supported by this model", "send text content only"
             )
@@ -225,6 +227,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     _unsupported_chat(body)
     messages = to_messages([(m.role, _text_of(m)) for m in body.messages])
     messages = openai_messages(messages, body.messages)
+    images = [
+        (i, j, part.image_url.url)
+        for i, m in enumerate(body.messages)
+        for j, part in enumerate(m.content if isinstance(m.content, list) else ())
+        if isinstance(part, ImagePart)
+    ]
+    if images:  # refused for a text-only model before anything is decoded or loaded
+        vision.check_vision_model(svc.settings, body.model)
+        found = await in_thread(vision.openai_images, images, svc.settings, name="locara-image")
+        messages = vision.attach(messages, found)
     messages = await rag_context(request, body.locara, messages)  # "locara": {"rag": ...}
     tools, tool_choice = openai_tools(body.tools), openai_tool_choice(body.tool_choice)
     check_tools(messages, tools, tool_choice)
@@ -235,6 +247,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     def build(lease: Lease) -> GenerationRequest:
         if tools:
             require_tools(lease)
+        if images:
+            vision.require_vision(lease)
         return GenerationRequest(
             messages=messages,
             max_tokens=svc.cap_tokens(max_tokens, lease),

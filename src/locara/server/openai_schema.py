@@ -55,9 +55,14 @@ class RefusalPart(_Data):
     refusal: str
 
 
+class ImageUrl(_Data):
+    url: str  # a data: URI (base64), or an http(s) URL when the operator allows fetching
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ImagePart(_Data):
     type: Literal["image_url"]
-    image_url: dict[str, Any]
+    image_url: ImageUrl
 
 
 class AudioPart(_Data):
