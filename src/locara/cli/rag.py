@@ -282,6 +282,9 @@ def query(
         click.echo("    " + " ".join(d["text"].split())[:300])
 
 
+rag.add_command(query, "search")  # the same command under the name other tools use
+
+
 @rag.command()
 @click.argument("collection")
 @click.argument("question")
