@@ -387,3 +387,39 @@ def test_chat_with_an_embedding_model_is_refused_before_loading(server: RunningS
     assert not [
         m for m in loaded if m["model"].startswith("all-minilm") and not m["locara"]["embedding"]
     ]
+
+
+def _idle(server: RunningServer) -> bool:
+    text = httpx.get(f"{server.url}/metrics").text
+    return metric(text, "locara_in_flight_requests", model=MODEL, mode="generation") == 0
+
+
+def test_disconnect_during_the_prompt_cancels_before_any_token(server: RunningServer) -> None:
+    """A client that leaves while its (long) prompt is evaluated: no answer is generated
+    for nobody, and the request is accounted as cancelled."""
+    short = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=short, timeout=120).is_success
+    assert wait_until(lambda: _idle(server))  # loaded, and nothing else running
+    before = httpx.get(f"{server.url}/metrics").text
+    words = " ".join(f"item{i}" for i in range(800))  # ~3,500 tokens: seconds of prompt
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Repeat these: {words}"}],
+        "max_tokens": 300,
+        "stream": True,
+    }
+    url = f"{server.url}/v1/chat/completions"
+    with pytest.raises(httpx.ReadTimeout), httpx.stream("POST", url, json=body, timeout=0.5) as r:
+        for _ in r.iter_lines():
+            pass
+    assert wait_until(lambda: _idle(server)), "the prompt kept the model busy"
+    after = httpx.get(f"{server.url}/metrics").text
+    cancelled = dict(surface="openai", model=MODEL, status="cancelled")
+    assert (
+        metric(after, "locara_requests_total", **cancelled)
+        == metric(before, "locara_requests_total", **cancelled) + 1
+    )
+    generated = metric(after, "locara_completion_tokens_total", model=MODEL) - metric(
+        before, "locara_completion_tokens_total", model=MODEL
+    )
+    assert generated == 0
