@@ -78,7 +78,10 @@ MIN_OVERLAP = 0.5  # share of an answer sentence's words a source sentence must 
 
 @dataclass(frozen=True)
 class Citation:
-    """A verbatim span of a hashed document: ``quote`` is its bytes ``[start, end)``."""
+    """A verbatim span of a hashed document: ``quote`` is its bytes ``[start, end)``.
+
+    ``n`` is the number of the retrieved source it quotes (the model's ``[n]``).
+    """
 
     n: int
     path: str
@@ -171,11 +174,12 @@ def cite(answer: str, hits: list[Hit], store: DocumentStore) -> Answer:
         doc = hits[i].chunk.document
         key = (doc.cite_sha256, start, end)
         if key not in chosen:
+            # Numbered as the source it quotes, so an answer's [n] names its citations.
             chosen[key] = Citation(
-                len(chosen) + 1, doc.path, doc.cite_sha256, start, end, quote, hits[i].chunk.page
+                i + 1, doc.path, doc.cite_sha256, start, end, quote, hits[i].chunk.page
             )
     verified: dict[str, bool] = {}
-    for c in chosen.values():
+    for c in sorted(chosen.values(), key=lambda c: (c.n, c.start)):
         ok, problem = verify(store, c, verified)
         out.citations.append(Citation(**{**asdict(c), "verified": ok}))
         if problem:
