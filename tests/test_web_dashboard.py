@@ -33,7 +33,7 @@ if not CHROMIUM.exists():
     print(message)
     pytest.skip(message, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "web"
 MODEL = "smollm2-135m-instruct"
@@ -335,11 +335,13 @@ def test_usage_charts_render_the_ledger(web: Watched, server: RunningServer) -> 
     assert requests_chart.locator("circle").count() >= 1
     tps = charts.nth(2).locator("circle title").first.text_content() or ""
     assert re.search(r"tok/s .*: \d+\.\d", tps), tps
-    page.select_option("#usage-model", MODEL)
-    page.wait_for_function(
-        "document.querySelector('#recent-table tbody').innerText.includes('smollm2')"
-    )
     shoot(page, "usage")
+    # Filtered by model: only its rows (the failed load of "broken" drops out).
+    page.select_option("#usage-model", MODEL)
+    expect(page.locator("#recent-table tbody")).not_to_contain_text("broken")
+    assert page.locator("#usage-totals dd").first.inner_text() == str(
+        sum(r["model_id"] == MODEL for r in rows)
+    )
 
 
 # -- device ------------------------------------------------------------------------------
@@ -465,3 +467,16 @@ def test_wrong_token_asks_to_sign_in_again(
             page.screenshot(path=str(ARTIFACTS / "login-phone.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_dashboard_routes_refuse_bad_input_with_a_hint(server: RunningServer) -> None:
+    unknown = httpx.get(f"{server.url}/api/locara/plan", params={"model": "no-such-model"})
+    assert unknown.status_code == 404 and unknown.json()["hint"]
+    assert (
+        httpx.get(f"{server.url}/api/locara/plan", params={"model": MODEL, "ctx": 0}).status_code
+        == 400
+    )
+    since = httpx.get(f"{server.url}/api/locara/usage", params={"since": "last tuesday"})
+    assert since.status_code == 400 and "7d" in since.json()["hint"]
+    plan = httpx.get(f"{server.url}/api/locara/plan", params={"model": MODEL}, timeout=60).json()
+    assert plan["plan"]["ok"] and plan["explanation"][0].startswith(MODEL)

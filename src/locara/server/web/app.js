@@ -514,7 +514,7 @@ async function explainPlan(event, model) {
 
 // ---------------------------------------------------------------- usage
 function chart(title, points, series, unit, format) {
-  const W = 480, H = 210, L = 64, R = 12, T = 30, B = 30;
+  const W = 480, H = 210, L = 76, R = 12, T = 30, B = 30;
   const values = points.flatMap((p) => series.map((s) => p[s.key])).filter((v) => v !== null && v !== undefined);
   const max = Math.max(...values, 0) || 1;
   const t0 = points.length ? points[0].t : 0;
@@ -581,7 +581,7 @@ async function loadUsage(event) {
   let running = 0;
   const cumulative = pts.map((p) => ({ t: p.t, saved: (running += p.cost_saved) }));
   const per = `per ${data.series.bucket_s >= 3600 ? `${data.series.bucket_s / 3600} h` : `${data.series.bucket_s / 60} min`}`;
-  const n = (v) => fmt.int(Math.round(v));
+  const n = (v) => (Number.isInteger(v) ? fmt.int(v) : fmt.num(v));
   $("#usage-charts").replaceChildren(
     chart("Requests", pts, [{ key: "requests", label: "requests" }], per, n),
     chart("Tokens", pts, [{ key: "prompt_tokens", label: "in" }, { key: "completion_tokens", label: "out" }], per, n),
