@@ -274,15 +274,21 @@ class ModelPool:
                 log.warning("%s: %s", resolved.manifest.id, warning)
             return Lease(self, entry, keep_alive_s, handle.load_s, reason)
 
+    def expired(self) -> bool:
+        """Whether an idle model's keep-alive has run out (cheap: no unloading here)."""
+        now = time.monotonic()
+        with self._lock:
+            return any(self._is_expired(e, now) for e in self._entries.values())
+
+    @staticmethod
+    def _is_expired(e: _Entry, now: float) -> bool:
+        return e.in_flight == 0 and e.expires_at is not None and e.expires_at <= now
+
     def sweep(self) -> list[str]:
         """Unload every idle model whose keep-alive has run out; return their ids."""
         now = time.monotonic()
         with self._lock:
-            gone = [
-                e
-                for e in self._entries.values()
-                if e.in_flight == 0 and e.expires_at is not None and e.expires_at <= now
-            ]
+            gone = [e for e in self._entries.values() if self._is_expired(e, now)]
             for e in gone:
                 del self._entries[e.key]
         for e in gone:

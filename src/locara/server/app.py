@@ -44,7 +44,10 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
             while True:
                 await asyncio.sleep(SWEEP_INTERVAL_S)
                 try:
-                    await asyncio.to_thread(service.pool.sweep)
+                    # Checked here, unloaded in a thread: a hop to a thread four times a
+                    # second costs a busy server's event loop more than the check.
+                    if service.pool.expired():
+                        await asyncio.to_thread(service.pool.sweep)
                 except Exception:  # a failed unload must not stop the sweeper
                     log.exception("keep-alive sweep failed")
 
@@ -64,6 +67,9 @@ def create_app(settings: Settings, config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's native OpenTelemetry looks up the global providers on every request;
+        # Locara exports nothing through it (its numbers are on /metrics and the ledger).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     app.include_router(openai_routes.router)
