@@ -197,6 +197,11 @@ def test_ls_rm_and_usage_treat_it_like_any_model(tmp_path: Path, speech: Path) -
     assert run_cli("transcribe", str(speech), home=home).returncode == 0
     ls = json.loads(run_cli("ls", "--json", home=home).stdout)
     assert [r["id"] for r in ls] == [MODEL]  # one row for the assembled artifact
+    plan = run_cli("plan", MODEL, home=home)
+    assert plan.returncode == 0 and "backend    faster_whisper" in plan.stdout
+    show = run_cli("show", MODEL, home=home)
+    assert show.returncode == 0 and "modality        stt" in show.stdout
+    assert "  stored: " in show.stdout
     usage = json.loads(run_cli("usage", "--json", home=home).stdout)
     (row,) = usage["models"]
     assert row["model"] == MODEL and row["audio_s"] > 8 and row["images"] == 0

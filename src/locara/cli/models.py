@@ -101,7 +101,9 @@ def show(model: str, as_json: bool) -> None:
     ref = parse_ref(model)
     manifest = Registry(cfg).get(ref.id)
     store = BlobStore(cfg)
-    artifact = select_artifact(manifest, ref, store)
+    # Speech and OCR models have no llamacpp artifact: show their own backend's.
+    key = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
+    artifact = select_artifact(manifest, ref, store, key)
     blob = store.find(artifact.sha256) if artifact.sha256 else None
     gguf: dict[str, Any] | None = None
     if blob is not None and artifact.format == "gguf":
@@ -158,6 +160,8 @@ def show(model: str, as_json: bool) -> None:
             f"{gguf['kv_heads']} kv heads, embedding {gguf['embedding_length']}",
             f"    license       {gguf['license']}",
         ]
+    elif blob is not None:
+        lines.append(f"  stored: {blob.path}")
     else:
         lines.append(f"  not stored: fetch it with `locara pull {ref}`")
     template = m.config.chat_template or (gguf or {}).get("chat_template")

@@ -28,7 +28,17 @@ def render_plan(plan: Plan, device: DeviceProfile, trained: int) -> list[str]:
         f"{plan.model_id} on {where}, {human_size(device.ram_total_bytes)} RAM "
         f"(model budget {human_size(plan.budget_bytes)})"
     ]
-    if plan.ok:
+    if plan.ok and plan.estimate is None:  # speech and OCR: no context, KV cache or layers
+        assert plan.artifact is not None
+        art = plan.artifact
+        lines += [
+            f"  backend    {plan.backend}",
+            f"  artifact   {art.quant or '-'} ({art.format}) {human_size(art.size_bytes)}"
+            + f"  sha256:{(art.sha256 or '')[:12]}…",
+            f"  threads    {plan.n_threads}",
+            f"  memory     ~{_mib(plan.ram_bytes)} (weights and one input)",
+        ]
+    elif plan.ok:
         assert plan.artifact is not None and plan.estimate is not None
         art, est = plan.artifact, plan.estimate
         sha = (art.sha256 or "")[:12]
