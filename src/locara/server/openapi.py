@@ -58,6 +58,7 @@ EXTRA = {
     ("post", "/api/chat"): TEMPLATE,
     ("post", "/api/generate"): TEMPLATE,
     ("delete", "/api/delete"): {"409": "An installed app uses this model"},
+    ("get", "/api/locara/plan"): {"404": "Unknown model"},
 }
 
 OPENAI_ERROR: dict[str, Any] = {
