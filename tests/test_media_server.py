@@ -306,3 +306,19 @@ def test_template_places_one_marker_per_image_outside_the_content() -> None:
     forged = Message("user", f"look {MEDIA_MARKER}", images=(b"png",))
     with pytest.raises(TemplateRefusedError, match="stands for an image"):
         request_segments(GenerationRequest(messages=(forged,)), template, "m", "", "")
+
+
+def test_listed_once_and_refused_for_chat(server: RunningServer, speech: Path) -> None:
+    assert post_audio(server, speech).status_code == 200  # stored by now
+    tags = httpx.get(f"{server.url}/api/tags").json()["models"]
+    assert [t["name"] for t in tags if t["name"].startswith("whisper")] == [
+        "whisper-tiny.en:latest"
+    ]
+    show = httpx.post(f"{server.url}/api/show", json={"model": "whisper-tiny.en"})
+    assert show.status_code == 200 and show.json()["details"]["format"] == "ctranslate2"
+    r = httpx.post(
+        f"{server.url}/api/chat",
+        json={"model": "whisper-tiny.en", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=120,
+    )
+    assert r.status_code == 400 and "is a speech-to-text model" in r.json()["error"]

@@ -64,7 +64,7 @@ class FasterWhisperBackend:
 
 
 class WhisperSpeech(MediaModel):
-    task = "speech-to-text"
+    task = "a speech-to-text"
     use = "send audio to /v1/audio/transcriptions, or run: locara transcribe FILE"
 
     def __init__(self, model: Any, manifest: ModelManifest) -> None:

@@ -104,12 +104,12 @@ class MediaModel:
     capabilities: Capabilities
     n_ctx: int
     model_id: str
-    task: str  # "speech-to-text" | "OCR"
+    task: str  # "a speech-to-text" | "an OCR"
     use: str  # where to send its inputs
 
     def _refuse(self, what: str) -> UnsupportedFeatureError:
         return UnsupportedFeatureError(
-            f"{self.model_id} is a {self.task} model: it does not {what}", self.use
+            f"{self.model_id} is {self.task} model: it does not {what}", self.use
         )
 
     def generate(self, req: GenerationRequest) -> Iterator[Chunk]:

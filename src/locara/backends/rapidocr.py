@@ -65,7 +65,7 @@ class RapidOcrBackend:
 
 
 class RapidOcr(MediaModel):
-    task = "OCR"
+    task = "an OCR"
     use = "send images to /v1/ocr, or run: locara ocr IMAGE"
 
     def __init__(self, engine: Any, manifest: ModelManifest) -> None:

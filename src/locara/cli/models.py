@@ -101,9 +101,7 @@ def show(model: str, as_json: bool) -> None:
     ref = parse_ref(model)
     manifest = Registry(cfg).get(ref.id)
     store = BlobStore(cfg)
-    # Speech and OCR models have no llamacpp artifact: show their own backend's.
-    key = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
-    artifact = select_artifact(manifest, ref, store, key)
+    artifact = select_artifact(manifest, ref, store)
     blob = store.find(artifact.sha256) if artifact.sha256 else None
     gguf: dict[str, Any] | None = None
     if blob is not None and artifact.format == "gguf":

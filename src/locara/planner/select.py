@@ -13,7 +13,7 @@ def select_artifact(
     manifest: ModelManifest,
     ref: ModelRef,
     store: BlobStore,
-    backend: str = "llamacpp",
+    backend: str | None = None,
     planned: Artifact | None = None,
 ) -> Artifact:
     """The artifact for ``ref``: the pinned digest, the named quant, else the best at hand.
@@ -23,6 +23,8 @@ def select_artifact(
     (``planned``, when the caller already planned; else planned here), then the
     manifest's first; so the default model runs offline on a fresh machine.
     """
+    if backend is None:  # llama.cpp's, else the only backend a speech or OCR model has
+        backend = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
     candidates = manifest.artifact_list(backend)
     if not candidates:
         raise UsageError(

@@ -71,6 +71,9 @@ def available_models(settings: Settings) -> list[ModelEntry]:
     for rec in records:
         if not rec.model_id:
             continue
+        tree = (store.read_meta(rec.sha256) or {}).get("part_of")
+        if isinstance(tree, str) and store.find(tree) is not None:
+            continue  # one file of a multi-file artifact: listed as that artifact
         manifest = manifest_of(rec.model_id)
         blob = store.find(rec.sha256)
         entry = ModelEntry(
@@ -127,7 +130,8 @@ def _tagged(found: list[tuple[ModelEntry, Artifact | None]]) -> list[ModelEntry]
             continue
         # select_artifact's order for a bare id: the first stored llama.cpp artifact in
         # the manifest's order, else the first bundled one.
-        order = manifest.artifact_list("llamacpp")
+        key = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
+        order = manifest.artifact_list(key)
         for stored in (True, False):
             hits = [i for i in mine if found[i][0].stored is stored and found[i][1] in order]
             if hits:
