@@ -48,6 +48,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Models the server has loaded: backend, offload, context, memory, expiry.",
     ),
     "token": ("locara.cli.token", "token", "Manage per-app API tokens for the server."),
+    "worker": (
+        "locara.cli.worker",
+        "worker",
+        "Run a llama.cpp RPC worker that takes model layers from a server elsewhere.",
+    ),
     "usage": (
         "locara.cli.usage",
         "usage",
@@ -77,6 +82,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ocr": ("locara.cli.ocr", "ocr", "Read the text in images (OCR)."),
     "adapter": ("locara.cli.adapter", "adapter", "LoRA adapters bound to their base by digest."),
     "lineage": ("locara.cli.lineage", "lineage", "How an artifact was made, down to its roots."),
+    "eval": ("locara.cli.fitness", "eval_", "Score a model (+adapters) on a task suite."),
+    "scorecard": ("locara.cli.fitness", "scorecard", "Compare evaluated candidates side by side."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
 }
 
