@@ -38,6 +38,11 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "web"
 MODEL = "smollm2-135m-instruct"
 XSS = '<img src=x onerror="window.__xss=1">'
+XSS_FILE = "<img src=x onerror=window.__xss=1>"
+RIVERS = (
+    "# Rivers\n\nThe Danube flows through Vienna and Budapest. "
+    "The Rhine flows through Basel and Cologne.\n"
+)
 WIDTHS = {"desktop": (1440, 900), "phone": (375, 812)}
 Files = tuple[LoopbackServer, dict[Path, str]]
 
@@ -87,7 +92,14 @@ def registry(files: Files, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(
     shared_home: Path, registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    home = clone_home(shared_home, tmp_path_factory.mktemp("web") / "home")
+    base = tmp_path_factory.mktemp("web")
+    home = clone_home(shared_home, base / "home")
+    docs = base / "docs"  # a document collection, one file named like markup
+    docs.mkdir()
+    (docs / f"{XSS_FILE}.md").write_text(RIVERS)
+    (docs / "cities.txt").write_text("Berlin is the capital of Germany.\n")
+    added = run_cli("rag", "add", "geo", str(docs), home=home)
+    assert added.returncode == 0, added.stderr
     with running_server(home, {"LOCARA_REGISTRY_PATH": str(registry)}) as s:
         yield s
 
@@ -228,6 +240,30 @@ def test_a_model_that_fails_to_load_is_an_error_in_the_chat(
     assert meta.startswith("error: ") and "GGUF" in meta, meta  # the loader's own reason
     assert page.locator("#chat-log li.assistant .meta.error").count() == 1
     assert page.locator("#chat-log img").count() == 0
+
+
+def test_an_answer_from_documents_links_its_citations_to_the_quoted_span(
+    web: Watched, server: RunningServer
+) -> None:
+    page = web.page
+    open_chat(page, server.url, max_tokens="64")
+    page.wait_for_selector("#chat-collection option[value='geo']", state="attached")
+    page.select_option("#chat-collection", "geo")
+    send(page, "Which cities does the Danube flow through?")
+    _, meta = last_answer(page)
+    assert "tok/s" in meta, meta
+    cites = page.locator("#chat-log li.assistant").last.locator("ol.cites li")
+    assert cites.count() >= 1
+    first = cites.first
+    assert first.locator("strong").inner_text().endswith(f"{XSS_FILE}.md")  # the name is text
+    assert first.locator("blockquote").inner_text() in RIVERS  # the quoted span, verbatim
+    marker = page.locator("#chat-log li.assistant").last.locator("a.cite").first
+    marker.click()  # a marker in the answer jumps to its quote
+    target = marker.get_attribute("href") or ""
+    assert page.evaluate("location.hash") == target
+    assert page.locator(f"[id='{target[1:]}'] blockquote").inner_text() in RIVERS
+    assert page.locator("#chat-log img").count() == 0
+    page.select_option("#chat-collection", "")
 
 
 # -- models ------------------------------------------------------------------------------

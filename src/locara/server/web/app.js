@@ -195,23 +195,25 @@ function tabKeys(event) {
 // ---------------------------------------------------------------- markdown, safely
 // A small subset: fenced code blocks, headings, lists, paragraphs, `code`, **bold**,
 // *italic* and [links](https://…). Nodes are built one by one; text stays text.
-function inline(text) {
+function inline(text, cite) {
   const out = [];
-  const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g;
+  const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)|\[(\d+)\]/g;
   let last = 0;
   for (const m of text.matchAll(pattern)) {
     if (m.index > last) out.push(text.slice(last, m.index));
     if (m[1] !== undefined) out.push(el("code", {}, m[1]));
     else if (m[2] !== undefined) out.push(el("strong", {}, m[2]));
     else if (m[3] !== undefined) out.push(el("em", {}, m[3]));
-    else out.push(el("a", { href: m[5], rel: "noopener noreferrer", target: "_blank" }, m[4]));
+    else if (m[4] !== undefined) out.push(el("a", { href: m[5], rel: "noopener noreferrer", target: "_blank" }, m[4]));
+    else out.push(cite && cite(Number(m[6])) ? el("a", { href: `#${cite(Number(m[6]))}`, class: "cite" }, m[0]) : m[0]);
     last = m.index + m[0].length;
   }
   if (last < text.length) out.push(text.slice(last));
   return out;
 }
 
-function markdown(text) {
+// ``cite(n)`` gives the id of citation n's quote, so a marker "[n]" links to it.
+function markdown(text, cite) {
   const frag = document.createDocumentFragment();
   const parts = text.split(/^```/m);
   parts.forEach((part, i) => {
@@ -230,12 +232,12 @@ function markdown(text) {
         if (item) {
           const tag = item[1] ? "ol" : "ul";
           if (!list || list.tagName.toLowerCase() !== tag) { list = el(tag); frag.append(list); }
-          list.append(el("li", {}, ...inline(item[2])));
+          list.append(el("li", {}, ...inline(item[2], cite)));
           continue;
         }
         list = null;
-        if (heading) frag.append(el(`h${heading[1].length + 2}`, {}, ...inline(heading[2])));
-        else if (line.trim()) frag.append(el("p", {}, ...inline(line)));
+        if (heading) frag.append(el(`h${heading[1].length + 2}`, {}, ...inline(heading[2], cite)));
+        else if (line.trim()) frag.append(el("p", {}, ...inline(line, cite)));
       }
       list = null;
     }
@@ -260,10 +262,27 @@ function loadChat() {
   renderLog();
 }
 
-function messageNode(m) {
+// An answer from a document collection: its citations, each a quoted span of a document
+// (path, page, byte range, digest), which the markers in the text link to.
+function citationList(m, i) {
+  const list = el("ol", { class: "cites", "aria-label": "Citations" });
+  for (const c of m.citations || []) {
+    const where = [c.page ? `page ${c.page}` : null, `bytes ${c.start}–${c.end}`, `sha256 ${String(c.sha256).slice(0, 12)}…`].filter(Boolean).join(" · ");
+    list.append(el("li", { id: `cite-${i}-${c.n}`, value: c.n, tabindex: "-1" },
+      el("strong", {}, c.path), el("blockquote", {}, c.quote), el("small", {}, where + (c.verified === false ? " · not verified" : ""))));
+  }
+  if (!list.children.length && m.sources && m.sources.length) {  // nothing cited: what was retrieved
+    list.setAttribute("aria-label", "Sources searched");
+    for (const h of m.sources) list.append(el("li", {}, el("strong", {}, h.path), el("small", {}, ` bytes ${h.start}–${h.end}`)));
+  }
+  return list.children.length ? list : null;
+}
+
+function messageNode(m, i) {
   const body = el("div", { class: "body" });
-  if (m.role === "assistant") body.append(markdown(m.content)); else body.textContent = m.content;
-  const li = el("li", { class: `msg ${m.role}` }, el("span", { class: "who" }, m.role === "user" ? "You" : m.model || "Assistant"), body);
+  const cite = (n) => ((m.citations || []).some((c) => c.n === n) ? `cite-${i}-${n}` : null);
+  if (m.role === "assistant") body.append(markdown(m.content, cite)); else body.textContent = m.content;
+  const li = el("li", { class: `msg ${m.role}` }, el("span", { class: "who" }, m.role === "user" ? "You" : m.model || "Assistant"), body, citationList(m, i));
   if (m.meta) li.append(el("p", { class: `meta${m.error ? " error" : ""}` }, m.meta));
   return li;
 }
@@ -296,7 +315,7 @@ async function detectFeatures() {
     if (!found) return null;
     const data = await getJSON(found[0]).catch(() => null);
     const list = Array.isArray(data) ? data : Object.values(data || {}).find(Array.isArray) || [];
-    return list.map((x) => (typeof x === "string" ? x : x.id || x.name)).filter(Boolean);
+    return list.map((x) => (typeof x === "string" ? x : x.id || x.name || x.collection)).filter(Boolean);
   };
   chat.features.adapters = await items(find(/\/adapters$/));
   chat.features.collections = await items(find(/(rag|collections)/));
@@ -343,7 +362,11 @@ async function send(event) {
   if (chat.state.maxTokens) body.max_tokens = Number(chat.state.maxTokens);
   // Locara's own request fields: an adapter stack, and a document collection to answer from.
   if ($("#chat-adapter").value) body.adapters = [$("#chat-adapter").value];
-  if ($("#chat-collection").value) body.locara = { rag: $("#chat-collection").value };
+  const collection = $("#chat-collection").value;
+  const route = collection ? `/v1/rag/${encodeURIComponent(collection)}/ask` : "/v1/chat/completions";
+  const payload = collection
+    ? { question: text, model, stream: true, ...(body.max_tokens ? { max_tokens: body.max_tokens } : {}) }
+    : body;
 
   chat.controller = new AbortController();
   setBusy(true);
@@ -356,7 +379,8 @@ async function send(event) {
     node.querySelector(".body").replaceChildren(markdown(answer.content));
   };
   try {
-    const resp = await request("/v1/chat/completions", { method: "POST", body, signal: chat.controller.signal });
+    const resp = await request(route, { method: "POST", body: payload, signal: chat.controller.signal });
+    let deltas = 0;
     for await (const line of lines(resp)) {
       if (!line.startsWith("data:")) continue;
       const data = line.slice(5).trim();
@@ -364,13 +388,17 @@ async function send(event) {
       const event = JSON.parse(data);
       if (event.error) throw errorOf(200, event);
       if (event.usage) usage = event.usage;
-      const delta = event.choices && event.choices[0] && event.choices[0].delta;
+      if (event.type === "sources") answer.sources = event.data;
+      if (event.type === "answer") answer.citations = event.citations;
+      const delta = event.type === "delta" ? { content: event.text } : event.choices && event.choices[0] && event.choices[0].delta;
       if (delta && delta.content) {
         first = first ?? performance.now();
+        deltas += 1;  // a collection's answer streams one event per token and has no usage
         answer.content += delta.content;
         if (!pending) { pending = true; requestAnimationFrame(paint); }
       }
     }
+    usage = usage || (collection ? { completion_tokens: deltas } : null);
     const done = performance.now();
     const tokens = usage ? usage.completion_tokens : null;
     const rate = tokens && first && done > first ? (tokens - 1) / ((done - first) / 1000) : null;
