@@ -79,6 +79,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lineage": ("locara.cli.lineage", "lineage", "How an artifact was made, down to its roots."),
     "eval": ("locara.cli.fitness", "eval_", "Score a model (+adapters) on a task suite."),
     "scorecard": ("locara.cli.fitness", "scorecard", "Compare evaluated candidates side by side."),
+    "release": ("locara.cli.release", "release", "Write a release packet: note, ML-BOM, SPDX."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
 }
 
