@@ -264,7 +264,7 @@ def test_the_cli_runs_an_adapter_on_its_base(eco: Eco, model: ModelHandle) -> No
 def _store_state(eco: Eco) -> tuple[set[str], set[str], list[str]]:
     models = {p.name for p in (eco.home / "models").iterdir()}
     adapters = {p.name for p in (eco.home / "adapters").iterdir()}
-    tmp = [p.name for p in (eco.home / "tmp").iterdir()] if (eco.home / "tmp").exists() else []
+    tmp = [p.name for p in (eco.home / "models" / ".tmp").iterdir()]
     return models, adapters, tmp
 
 

@@ -80,6 +80,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("locara.cli.fitness", "eval_", "Score a model (+adapters) on a task suite."),
     "scorecard": ("locara.cli.fitness", "scorecard", "Compare evaluated candidates side by side."),
     "release": ("locara.cli.release", "release", "Write a release packet: note, ML-BOM, SPDX."),
+    "validate": ("locara.cli.validate", "validate", "Check a model: template, stop tokens, smoke."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
 }
 
