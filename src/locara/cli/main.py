@@ -82,6 +82,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "release": ("locara.cli.release", "release", "Write a release packet: note, ML-BOM, SPDX."),
     "validate": ("locara.cli.validate", "validate", "Check a model: template, stop tokens, smoke."),
     "rag": ("locara.cli.rag", "rag", "Private document collections: hybrid search, cited answers."),
+    "route": ("locara.cli.route", "route", "Router policies: check one, explain a decision."),
 }
 
 

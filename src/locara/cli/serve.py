@@ -65,7 +65,7 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def run_server(cfg: Settings, host: str, port: int) -> None:
+def run_server(cfg: Settings, host: str, port: int, policy: Path | None = None) -> None:
     """Serve in this process until interrupted."""
     import logging
 
@@ -78,6 +78,10 @@ def run_server(cfg: Settings, host: str, port: int) -> None:
     config = dataclasses.replace(
         ServerConfig.from_env(host, port), status_key=secrets.token_urlsafe(32)
     )
+    if policy is not None:  # validated before anything listens
+        from locara.router.policy import load_policy
+
+        config = dataclasses.replace(config, policy=load_policy(policy, cfg))
     if not config.loopback and not TokenStore(cfg).records():
         raise UsageError(
             f"refusing to listen on {host} without API tokens: anyone on the network could "
@@ -130,16 +134,23 @@ def run_server(cfg: Settings, host: str, port: int) -> None:
 @click.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, LOCARA_HOST).")
 @click.option("--port", type=int, default=None, help="Port (default 11435, LOCARA_PORT).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Router policy file (JSON/TOML) for requests to model 'auto' or the policy's name.",
+)
+def serve(host: str | None, port: int | None, policy: Path | None) -> None:
     """Run the OpenAI- and Ollama-compatible server in the foreground.
 
     \b
     Examples:
       locara serve
       LOCARA_KEEP_ALIVE=60 locara serve --port 8080
+      locara serve --policy cascade.toml
     """
     cfg = settings()
-    run_server(cfg, host or cfg.host, port or cfg.port)
+    run_server(cfg, host or cfg.host, port or cfg.port, policy)
 
 
 @click.command()

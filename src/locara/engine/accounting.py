@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from locara.backends.base import Chunk
 from locara.engine.loader import ModelHandle
-from locara.ledger import Status, UsageRecord
+from locara.ledger import RouteUsage, Status, UsageRecord
 
 
 def generation_record(
@@ -16,11 +16,13 @@ def generation_record(
     status: Status,
     error: str | None = None,
     load_s: float | None = None,
+    route: RouteUsage | None = None,
 ) -> UsageRecord:
     """The ledger row for one generation, from the last chunk it produced (if any).
 
     ``load_s`` is the time this request spent loading the model (the server passes 0
     when the model was already loaded); by default the handle's own load time.
+    ``route`` says how a router policy used this generation (``locara serve --policy``).
     """
     res = handle.resolved
     if last is not None and last.finish_reason == "cancelled":
@@ -42,6 +44,40 @@ def generation_record(
         load_s=handle.load_s if load_s is None else load_s,
         status=status,
         error=error,
+        route=route,
+    )
+
+
+def remote_record(
+    *,
+    target: str,
+    model: str,
+    app: str,
+    surface: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    elapsed_s: float | None,
+    route: RouteUsage,
+    status: Status = "ok",
+    error: str | None = None,
+) -> UsageRecord:
+    """The ledger row for one request a router policy escalated to a remote target.
+
+    ``backend`` is ``remote:<target name>``, so reports never count these tokens as
+    run locally; nothing about the target's credentials is recorded.
+    """
+    return UsageRecord(
+        model_id=model,
+        sha256=None,
+        backend=f"remote:{target}",
+        app=app,
+        surface=surface,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        ttft_s=elapsed_s,
+        status=status,
+        error=error,
+        route=route,
     )
 
 

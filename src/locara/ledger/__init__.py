@@ -44,6 +44,18 @@ class UsageRecord:
     images: int = 0  # images an OCR or vision model read
     # When the request finished (unix time); None means "now", when it is recorded.
     timestamp: float | None = None
+    route: RouteUsage | None = None  # a request a router policy routed
+
+
+@dataclass(frozen=True)
+class RouteUsage:
+    """How a router policy answered: its route ("policy/route"), escalation and money."""
+
+    route: str
+    escalated: bool = False
+    reason: str | None = None
+    cost_usd: float | None = None  # what a remote target charged (list price)
+    saved_usd: float | None = None  # answered locally: what the target would have charged
 
 
 def _row(rec: UsageRecord) -> dict[str, Any]:
@@ -71,6 +83,11 @@ def _row(rec: UsageRecord) -> dict[str, Any]:
         "extra": dict(rec.extra),
         "audio_s": num(rec.audio_s),
         "images": int(rec.images),
+        "route": rec.route.route if rec.route else None,
+        "escalated": int(rec.route.escalated) if rec.route else None,
+        "route_reason": rec.route.reason if rec.route else None,
+        "cost_usd": num(rec.route.cost_usd) if rec.route else None,
+        "saved_usd": num(rec.route.saved_usd) if rec.route else None,
     }
 
 

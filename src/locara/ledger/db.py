@@ -53,6 +53,11 @@ COLUMNS: tuple[str, ...] = (
     "extra",
     "audio_s",
     "images",
+    "route",
+    "escalated",
+    "route_reason",
+    "cost_usd",
+    "saved_usd",
 )
 
 # Numbered migrations; PRAGMA user_version says how many have run. Append, never edit.
@@ -83,6 +88,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN audio_s REAL;     -- seconds of audio transcribed
     ALTER TABLE requests ADD COLUMN images INTEGER;   -- images read (OCR, vision)
+    """,
+    # Router policies (locara serve --policy): which route answered, whether the request
+    # was escalated to a remote target and why, what that cost and what answering
+    # locally saved (the target's list price for the tokens the local model produced).
+    """
+    ALTER TABLE requests ADD COLUMN route TEXT;          -- policy/route, NULL: not routed
+    ALTER TABLE requests ADD COLUMN escalated INTEGER;   -- 1: sent to a remote target
+    ALTER TABLE requests ADD COLUMN route_reason TEXT;   -- why it escalated (or would have)
+    ALTER TABLE requests ADD COLUMN cost_usd REAL;       -- a remote target's price for it
+    ALTER TABLE requests ADD COLUMN saved_usd REAL;      -- answered locally: what it saved
     """,
 )
 

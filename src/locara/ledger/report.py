@@ -97,8 +97,10 @@ def summarize(rows: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
             }
         )
     models.sort(key=lambda m: (-m["requests"], m["model"]))
-    tokens_in = sum(m["prompt_tokens"] for m in models)
-    tokens_out = sum(m["completion_tokens"] for m in models)
+    # Tokens a remote target produced (a router policy's escalations) saved nothing.
+    local = [r for r in rows if not str(r["backend"]).startswith("remote:")]
+    tokens_in = sum(int(r["prompt_tokens"] or 0) for r in local)
+    tokens_out = sum(int(r["completion_tokens"] or 0) for r in local)
     totals = {
         "requests": len(rows),
         "errors": sum(m["errors"] for m in models),
@@ -123,6 +125,25 @@ def summarize(rows: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
             "price_table": prices.overridden_by or "shipped",
             "vs": saved,
         },
+        "routing": _routing(rows),
+    }
+
+
+def _routing(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Requests a router policy answered: how many locally, escalated, cost and saving."""
+    routed = [r for r in rows if r.get("route")]
+    if not routed:
+        return None
+    remote = [r for r in routed if str(r["backend"]).startswith("remote:")]
+    answered_locally = [
+        r for r in routed if not str(r["backend"]).startswith("remote:") and not r["escalated"]
+    ]
+    return {
+        "requests": len(answered_locally) + len(remote),
+        "answered_locally": len(answered_locally),
+        "escalated": len(remote),
+        "remote_cost_usd": round(sum(float(r.get("cost_usd") or 0) for r in remote), 6),
+        "saved_usd": round(sum(float(r.get("saved_usd") or 0) for r in routed), 6),
     }
 
 

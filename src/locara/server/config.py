@@ -6,9 +6,13 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from locara.engine.pool import PoolConfig
 from locara.errors import UsageError
+
+if TYPE_CHECKING:
+    from locara.router.policy import RouterPolicy
 
 DEFAULT_MAX_BODY = 8 * 2**20
 DEFAULT_MAX_UPLOAD = 2**30  # audio and image uploads (multipart): a long recording fits
@@ -53,6 +57,8 @@ class ServerConfig:
     # A random secret that opens /api/status only, written to run/server.json (0600) so
     # that `locara status`, run by the same user, reads it without an API token.
     status_key: str | None = None
+    # A router policy (locara serve --policy): requests for "auto" or its name go through it.
+    policy: RouterPolicy | None = None
 
     @property
     def loopback(self) -> bool:

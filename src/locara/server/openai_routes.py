@@ -43,6 +43,7 @@ from locara.server.openai_schema import (
     TextPart,
 )
 from locara.server.rag_routes import rag_context
+from locara.server.router_routes import policy_router, routed_chat
 from locara.server.service import Caller
 from locara.server.streaming import CancellableStream, sse
 from locara.server.tool_calls import (
@@ -243,6 +244,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     schema = _schema_of(body)
     keep_alive = parse_keep_alive(body.keep_alive)
     max_tokens = body.max_completion_tokens or body.max_tokens
+    if (router := policy_router(request, body.model)) is not None:  # locara serve --policy
+        if tools or images or body.adapters or body.logprobs:
+            raise UsageError(
+                "tools, images, adapters and logprobs are not routed by a policy",
+                "name a model instead of the policy's",
+            )
+        return await routed_chat(
+            request, router, messages, max_tokens=max_tokens, json_schema=schema,
+            sampling=_sampling_kwargs(body), stream=bool(body.stream),
+        )  # fmt: skip
 
     def build(lease: Lease) -> GenerationRequest:
         if tools:
