@@ -266,6 +266,38 @@ def test_an_answer_from_documents_links_its_citations_to_the_quoted_span(
     page.select_option("#chat-collection", "")
 
 
+def test_the_keyboard_alone_switches_tabs_sends_and_stops(
+    web: Watched, server: RunningServer
+) -> None:
+    page = web.page
+    page.goto(server.url)
+    page.wait_for_selector(f"#chat-model option[value='{MODEL}']", state="attached")
+    focused = lambda: page.evaluate("document.activeElement.id")  # noqa: E731
+    page.keyboard.press("Tab")  # the skip link first
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    assert focused() == "tab-chat"
+    page.keyboard.press("ArrowRight")
+    assert focused() == "tab-models" and page.is_visible("#panel-models")
+    assert page.get_attribute("#tab-models", "aria-selected") == "true"
+    page.keyboard.press("End")
+    assert focused() == "tab-device" and page.is_visible("#panel-device")
+    page.keyboard.press("Home")
+    assert focused() == "tab-chat" and page.is_visible("#panel-chat")
+    for _ in range(20):  # every control of the chat is reachable with Tab
+        page.keyboard.press("Tab")
+        if focused() == "chat-input":
+            break
+    assert focused() == "chat-input"
+    page.keyboard.type("Write a very long story about a dragon who learns to cook.")
+    page.keyboard.press("Enter")
+    body = page.locator("#chat-log li.assistant").last.locator(".body")
+    wait_until(lambda: len(body.inner_text()) > 40, timeout=120)
+    page.keyboard.press("Escape")
+    _, meta = last_answer(page)
+    assert meta == "stopped"
+
+
 # -- models ------------------------------------------------------------------------------
 def test_models_tab_shows_stored_loaded_and_the_plan(web: Watched, server: RunningServer) -> None:
     page = web.page

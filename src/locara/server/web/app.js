@@ -292,10 +292,15 @@ function renderLog() {
 }
 
 async function loadChatModels() {
-  let tags;
-  try { tags = await getJSON("/api/tags"); } catch (err) { banner(err.text); return; }
+  let tags, models;
+  try {
+    [tags, models] = await Promise.all([getJSON("/api/tags"), getJSON("/api/locara/models")]);
+  } catch (err) { banner(err.text); return; }
+  // Only models that chat: embedding, speech and OCR models are listed by /api/tags too.
+  const modality = Object.fromEntries(models.catalog.map((c) => [c.id, c.modality]));
+  const chats = (name) => ["chat", "vision", undefined].includes(modality[name]);
   const select = $("#chat-model");
-  const names = tags.models.filter((m) => !(m.details.families || []).includes("bert")).map((m) => m.name.replace(/:latest$/, ""));
+  const names = tags.models.map((m) => m.name.replace(/:latest$/, "")).filter(chats);
   const options = names.map((n) => el("option", { value: n }, n));
   if (chat.features.policies && chat.features.policies.length) {
     options.push(el("optgroup", { label: "Router policies" }, ...chat.features.policies.map((p) => el("option", { value: p }, p))));
