@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +42,24 @@ def server_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
 
 @contextmanager
 def running_server(
-    home: Path, env: dict[str, str] | None = None, host: str = "127.0.0.1", port: int | None = None
+    home: Path,
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    args: Sequence[str] = (),
+    launcher: Sequence[str] = ("-m", "locara"),
 ) -> Iterator[RunningServer]:
     """``locara serve`` against ``home`` until the block ends; fails with the log if it dies.
 
     ``port`` reuses an address (a restarted server); by default a free one is picked.
+    ``args`` are more ``serve`` options; ``launcher`` replaces ``-m locara`` (a wrapper
+    script that runs Locara's CLI under a guard).
     """
     port = port or free_port()
     log = home.parent / f"server-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "locara", "serve", "--host", host, "--port", str(port)],
+            [sys.executable, *launcher, "serve", "--host", host, "--port", str(port), *args],
             env=server_env(home, env),
             stdout=out,
             stderr=subprocess.STDOUT,
