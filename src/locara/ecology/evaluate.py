@@ -116,4 +116,16 @@ def evaluate(
             for r in results
         ],
     )
+    _keep_suite(settings, suite)
     return FitnessDB(settings).record(vec)
+
+
+def _keep_suite(settings: Settings, suite: Suite) -> None:
+    """Store the suite's bytes under their digest, so a scorecard's suite hash resolves."""
+    from locara.store.blobs import BlobStore
+
+    store = BlobStore(settings)
+    if store.find(suite.sha256) is None:
+        meta = {"id": f"suite-{suite.name}", "format": "jsonl", "kind": "suite"}
+        store.ingest([suite.data], suite.sha256, len(suite.data), "jsonl", meta)
+    store.index.add_ref(suite.sha256, f"suite:{suite.name}")

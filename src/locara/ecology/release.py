@@ -102,6 +102,7 @@ def _digests(settings: Settings, cand: Candidate) -> dict[str, str]:
     """Every artifact digest the packet names -> what it is; each verified in the store."""
     out = {cand.base_sha256: f"{cand.model_id} (base)"}
     out.update({a["sha256"]: f"adapter {a['id']}" for a in cand.adapters})
+    out[cand.vector.suite_sha256] = f"task suite {cand.vector.suite}"
     for rec in ancestry(settings, cand.base_sha256):
         for p in rec.parents:
             out.setdefault(p, f"parent of {rec.sha256[:12]} ({rec.operator})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +64,7 @@ class Suite:
     name: str
     sha256: str  # of the file's bytes: a scorecard is bound to the exact suite
     items: tuple[SuiteItem, ...]
+    data: bytes = field(default=b"", repr=False)  # the file, stored beside the models
 
 
 def load_suite(spec: str) -> Suite:
@@ -103,7 +104,7 @@ def load_suite(spec: str) -> Suite:
         items.append(item)
     if not items:
         raise UsageError(f"suite {name} has no items", "add one JSON object per line")
-    return Suite(name, hashlib.sha256(data).hexdigest(), tuple(items))
+    return Suite(name, hashlib.sha256(data).hexdigest(), tuple(items), data)
 
 
 def _check_expected(item: SuiteItem) -> None:
