@@ -207,7 +207,7 @@ def test_run_hands_the_backend_the_plan(
     plan = out["plan"]
     assert len(handed) == 1
     check_handed(handed[0], plan)
-    assert out["load_options"] == asdict(handed[0])
+    assert out["load_options"] == json.loads(json.dumps(asdict(handed[0])))  # tuples: lists
     assert plan["n_gpu_layers"] == (GPU_LAYERS[name] if gpu else 0)
     assert plan["n_ctx"] == 4096 and plan["kv_type"] == "f16"
     assert plan["n_threads"] == THREADS[name] and plan["n_parallel"] == 1  # one session

@@ -27,6 +27,12 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def _rpc_endpoints(env: Mapping[str, str]) -> tuple[str, ...]:
+    from locara.backends.rpc import parse_endpoints
+
+    return parse_endpoints(env.get("LOCARA_RPC", ""))
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in _TRUE
 
@@ -57,6 +63,8 @@ class Settings:
     hf_endpoint: str = "https://huggingface.co"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     allow_remote_images: bool = False  # fetch http(s) image_url values (egress)
+    # llama.cpp RPC workers (host:port) that take a model's layers (LOCARA_RPC, --rpc).
+    rpc: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +90,7 @@ class Settings:
             hf_endpoint=env.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"),
             max_image_pixels=_positive(env, "LOCARA_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
             allow_remote_images=_flag(env, "LOCARA_ALLOW_REMOTE_IMAGES"),
+            rpc=_rpc_endpoints(env),
         )
 
     # Every path Locara writes is derived here, and only here.

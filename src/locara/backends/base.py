@@ -339,6 +339,7 @@ class LoadOptions:
     kv_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     n_batch: int = 512
     n_parallel: int = 1  # slots: requests decoded at once, each with n_ctx tokens of KV
+    rpc_servers: tuple[str, ...] = ()  # llama.cpp RPC workers holding the offloaded layers
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class WorkerConfig:
     # llama.cpp could not parse the template: start with its built-in ChatML (which has
     # no tools). Locara renders every other prompt itself, so nothing else changes.
     chatml_fallback: bool = False
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers that take the offloaded layers
 
     def argv(self, binary: Path, socket_path: Path) -> list[str]:
         """The command line; the API key travels in the environment, out of ``ps``."""
@@ -144,7 +145,7 @@ class WorkerConfig:
             "--metrics",
             "--no-webui",
             "--jinja",  # the model's own template, so llama.cpp can parse its tool calls
-        ] + (
+        ] + (["--rpc", ",".join(self.rpc)] if self.rpc else []) + (
             ["--chat-template", "chatml"] if self.chatml_fallback
             else ["--chat-template-file", str(self.chat_template_file)] if self.chat_template_file
             else []
@@ -495,6 +496,7 @@ class LlamaServerBackend:
             kv_type=opts.kv_type,
             n_batch=opts.n_batch,
             chat_template_file=template_file,
+            rpc=opts.rpc_servers,
         )
         template = manifest.config.chat_template or info.chat_template
         return LlamaServerModel(

@@ -48,6 +48,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Models the server has loaded: backend, offload, context, memory, expiry.",
     ),
     "token": ("locara.cli.token", "token", "Manage per-app API tokens for the server."),
+    "worker": (
+        "locara.cli.worker",
+        "worker",
+        "Run a llama.cpp RPC worker that takes model layers from a server elsewhere.",
+    ),
     "usage": (
         "locara.cli.usage",
         "usage",

@@ -8,9 +8,10 @@ import click
 
 from locara.cli.common import echo_json, human_size, settings
 from locara.cli.device import current_profile
-from locara.device.profile import DeviceProfile
+from locara.device.profile import DeviceProfile, with_rpc_workers
+from locara.engine.loader import plan_here
 from locara.errors import NoFitError, UnknownModelError
-from locara.planner.plan import Plan, PlanRequest, local_gguf_paths, plan_model
+from locara.planner.plan import Plan, PlanRequest, local_gguf_paths
 from locara.planner.results import read_bench_results
 from locara.registry.catalog import Registry
 from locara.registry.refs import parse_ref
@@ -107,6 +108,8 @@ def plan(
     ref = parse_ref(model)
     manifest = Registry(cfg).get(ref.id)
     device = current_profile(profile_file)
+    if profile_file is None:
+        device = with_rpc_workers(device, cfg.rpc)
     quant = ref.quant
     if ref.sha256:
         pinned = [(b, a) for b, a in manifest.all_artifacts() if a.sha256 == ref.sha256]
@@ -117,10 +120,11 @@ def plan(
         quant = pinned[0][1].quant
         backend = backend or ("mlx" if pinned[0][0] == "mlx" else "llama_cpp")
     request = PlanRequest(n_ctx=ctx, features=frozenset(features), backend=backend, quant=quant)
-    result = plan_model(
+    result = plan_here(
         manifest,
         device,
         request,
+        cfg.rpc,
         bench_results=read_bench_results(cfg.bench_results_path, device),
         gguf_path_of=local_gguf_paths(cfg, [manifest]),
     )

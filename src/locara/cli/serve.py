@@ -135,21 +135,34 @@ def run_server(cfg: Settings, host: str, port: int, policy: Path | None = None) 
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, LOCARA_HOST).")
 @click.option("--port", type=int, default=None, help="Port (default 11435, LOCARA_PORT).")
 @click.option(
+    "--rpc",
+    default=None,
+    metavar="HOST:PORT,...",
+    help="llama.cpp RPC workers (locara worker) that take model layers (LOCARA_RPC).",
+)
+@click.option(
     "--policy",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Router policy file (JSON/TOML) for requests to model 'auto' or the policy's name.",
 )
-def serve(host: str | None, port: int | None, policy: Path | None) -> None:
+def serve(host: str | None, port: int | None, rpc: str | None, policy: Path | None) -> None:
     """Run the OpenAI- and Ollama-compatible server in the foreground.
 
     \b
     Examples:
       locara serve
       LOCARA_KEEP_ALIVE=60 locara serve --port 8080
+      locara serve --rpc 192.168.1.20:50052,192.168.1.21:50052
       locara serve --policy cascade.toml
     """
     cfg = settings()
+    if rpc is not None:
+        from dataclasses import replace
+
+        from locara.backends.rpc import parse_endpoints
+
+        cfg = replace(cfg, rpc=parse_endpoints(rpc))
     run_server(cfg, host or cfg.host, port or cfg.port, policy)
 
 

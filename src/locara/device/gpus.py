@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any, Literal
 
-GPUKind = Literal["metal", "cuda", "rocm", "vulkan"]
+# "rpc": llama.cpp RPC workers on other machines (locara.backends.rpc), seen as one device.
+GPUKind = Literal["metal", "cuda", "rocm", "vulkan", "rpc"]
 Runner = Callable[[list[str]], str]
 
 

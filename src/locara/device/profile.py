@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -200,9 +200,28 @@ def current_device(settings: Settings, env: Mapping[str, str] | None = None) -> 
     """
     env = os.environ if env is None else env
     path = env.get(PROFILE_ENV, "").strip()
-    if path:
-        return load_profile(Path(path).expanduser())
-    return detect_profile(settings)
+    profile = load_profile(Path(path).expanduser()) if path else detect_profile(settings)
+    return with_rpc_workers(profile, settings.rpc)
+
+
+def with_rpc_workers(profile: DeviceProfile, endpoints: tuple[str, ...]) -> DeviceProfile:
+    """``profile`` plus llama.cpp RPC workers, asked now for their memory, as one device
+    layers can be offloaded to (llama.cpp splits them by each worker's free memory).
+    A worker that cannot be used is a BackendUnavailableError naming it."""
+    if not endpoints:
+        return profile
+    from locara.backends.rpc import probe
+
+    workers = [probe(e) for e in endpoints]
+    gpu = GPUInfo(
+        kind="rpc",
+        name="RPC workers "
+        + ", ".join(f"{w.endpoint} ({w.free_bytes / 1e9:.1f} GB free)" for w in workers),
+        memory_total_bytes=sum(w.total_bytes for w in workers),
+        memory_free_bytes=sum(w.free_bytes for w in workers),
+        driver="llama.cpp RPC " + ".".join(map(str, workers[0].version)),
+    )
+    return replace(profile, gpus=(*profile.gpus, gpu))
 
 
 # -- detection ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from locara.backends.base import LoadedModel, LoadOptions
 from locara.device.profile import DeviceProfile
@@ -26,6 +27,9 @@ from locara.registry.refs import ModelRef, parse_ref
 from locara.settings import Settings
 from locara.store.blobs import BlobStore, StoredBlob
 from locara.store.fetch import Progress, ensure_artifact
+
+if TYPE_CHECKING:
+    from locara.planner.results import BenchResult
 
 KVType = Literal["f16", "q8_0", "q4_0"]
 _KV_TYPES: dict[str, KVType] = {"f16": "f16", "q8_0": "q8_0", "q4_0": "q4_0"}
@@ -56,6 +60,18 @@ class ModelHandle:
     @property
     def plan(self) -> Plan:
         return self.resolved.plan
+
+    @property
+    def remote_lost(self) -> bool:
+        """Its layers were on RPC workers and its process died (a worker went away, most
+        likely): it must be planned again, not restarted against the same workers."""
+        from locara.backends.llama_server import LlamaServerModel
+
+        return (
+            bool(self.options.rpc_servers)
+            and isinstance(self.model, LlamaServerModel)
+            and not self.model.worker.alive
+        )
 
     def close(self) -> None:
         try:
@@ -88,7 +104,7 @@ def resolve(
     """
     from locara.backends.registry import llama_cpp_gpu_offload, llama_server_installed
     from locara.device.profile import current_device
-    from locara.planner.plan import check_request, local_gguf_paths, plan_model
+    from locara.planner.plan import check_request, local_gguf_paths
     from locara.planner.results import read_bench_results
     from locara.planner.select import select_artifact
 
@@ -107,10 +123,11 @@ def resolve(
     worker = llama_server_installed()
 
     def plan_for(req: PlanRequest, gguf: dict[str, Path]) -> Plan:
-        return plan_model(
+        return plan_here(
             manifest,
             device,
             req,
+            settings.rpc,
             bench_results=results,
             gguf_path_of=gguf,
             gpu_offload=offload,
@@ -147,6 +164,52 @@ def resolve(
     return ResolvedModel(ref, manifest, artifact, blob, plan)
 
 
+def plan_here(
+    manifest: ModelManifest,
+    device: DeviceProfile,
+    request: PlanRequest,
+    rpc: tuple[str, ...],
+    *,
+    bench_results: Iterable[BenchResult] = (),
+    gguf_path_of: Mapping[str, Path] | None = None,
+    gpu_offload: bool = True,
+    llama_server: bool = True,
+) -> Plan:
+    """``plan_model``, with the layers it offloads going to the RPC workers ``rpc`` when
+    ``device`` has them (``device.profile.with_rpc_workers``)."""
+    from locara.planner.plan import plan_model
+
+    def planned(offload: bool) -> Plan:
+        return plan_model(
+            manifest,
+            device,
+            request,
+            bench_results=bench_results,
+            gguf_path_of=gguf_path_of,
+            gpu_offload=offload,
+            llama_server=llama_server,
+        )
+
+    workers = next((g for g in device.gpus if g.kind == "rpc"), None)
+    if workers is None or not rpc or not llama_server:
+        return planned(gpu_offload)
+    # RPC workers take layers only from a llama-server worker (llama-cpp-python in this
+    # process has no RPC backend): a plan that runs in process is made without them.
+    plan = planned(True)
+    if plan.runtime != "llama-server":
+        return planned(gpu_offload)
+    if plan.ok and plan.n_gpu_layers:
+        layers = plan.n_layers or plan.n_gpu_layers
+        n = layers if plan.n_gpu_layers < 0 else min(plan.n_gpu_layers, layers)
+        split = (
+            f"{n} of {layers} layers on {len(rpc)} llama.cpp RPC worker(s), split by their "
+            f"free memory: {workers.name.removeprefix('RPC workers ')}"
+            + ("" if n >= layers else "; the rest on this machine's CPU")
+        )
+        plan = replace(plan, rpc=rpc, reasons=(*plan.reasons, split))
+    return plan
+
+
 def check_fits(resolved: ResolvedModel) -> Plan:
     """The plan, if it fits this device; else NoFitError with the planner's reasons."""
     plan = resolved.plan
@@ -180,6 +243,7 @@ def load_options(plan: Plan) -> LoadOptions:
         kv_type=_KV_TYPES[plan.kv_type],
         n_batch=plan.n_batch,
         n_parallel=plan.n_parallel,
+        rpc_servers=plan.rpc,
     )
 
 

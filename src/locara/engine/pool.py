@@ -33,7 +33,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from locara.backends.base import LoadOptions
 from locara.device.profile import DeviceProfile
@@ -183,6 +183,7 @@ class ModelPool:
         Raises ServerBusyError when the model's queue is full, UsageError for a context
         the model cannot have, NoFitError when its plan does not fit the memory budget.
         """
+        self._drop_lost_remote()
         request = PlanRequest(
             n_ctx=n_ctx,
             features=frozenset({"embeddings" if embedding else "generation"}),
@@ -329,13 +330,40 @@ class ModelPool:
             return out
 
     def device(self) -> DeviceProfile:
-        """The device every plan of this pool is made for, read once."""
+        """The device every plan of this pool is made for, read once (again after an RPC
+        worker was lost: then without the workers that no longer answer)."""
         with self._lock:
             if self._device is None:
                 from locara.device.profile import current_device
 
                 self._device = current_device(self.settings)
             return self._device
+
+    def _drop_lost_remote(self) -> None:
+        """Unload models whose RPC workers went away, and keep only workers that answer."""
+        with self._lock:
+            lost = [e for e in self._entries.values() if e.handle.remote_lost]
+            for e in lost:
+                del self._entries[e.key]
+            if not lost:
+                return
+            from locara.backends.rpc import probe
+            from locara.errors import BackendUnavailableError
+
+            alive: list[str] = []
+            for endpoint in self.settings.rpc:
+                try:
+                    probe(endpoint)
+                    alive.append(endpoint)
+                except BackendUnavailableError as exc:
+                    log.warning("RPC worker left out of new plans: %s", exc.message)
+            self.settings = replace(self.settings, rpc=tuple(alive))
+            self._device = None
+        for e in lost:
+            log.warning(
+                "%s lost its RPC worker(s); it is planned again", e.handle.resolved.manifest.id
+            )
+            e.handle.close()
 
     def budget_bytes(self) -> int:
         """The RAM budget the plans fit and every loaded model's ``ram_bytes`` share."""

@@ -142,6 +142,8 @@ class Plan:
     # How llama.cpp runs it: "llama-server" (a worker process batching its slots) or
     # "in-process" (llama-cpp-python, one request at a time); None for other backends.
     runtime: str | None = None
+    # llama.cpp RPC workers (host:port) that hold the offloaded layers (n_gpu_layers).
+    rpc: tuple[str, ...] = ()
     embedding: bool = False
     estimate: FitEstimate | None = None  # every slot's KV included
     ram_bytes: int = 0  # what counts against the RAM budget
@@ -188,6 +190,7 @@ class Plan:
             "n_batch": self.n_batch,
             "n_parallel": self.n_parallel,
             "runtime": self.runtime,
+            "rpc": list(self.rpc),
             "embedding": self.embedding,
             "memory": self.estimate.to_dict() if self.estimate else None,
             "ram_bytes": self.ram_bytes,

@@ -1,0 +1,213 @@
+"""One model across several machines: llama.cpp RPC workers started by ``locara worker``.
+
+The real thing on loopback: two ``locara worker`` processes (llama.cpp's ggml-rpc-server),
+a ``locara serve`` whose plan offloads the bundled model's layers to them, and the same
+greedy answer as a local load. A worker killed mid-answer fails that request cleanly and
+the next request is planned again without it. A worker of another llama.cpp version and
+one that never answers are scripted sockets (the real worker cannot be made to do that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from locara.backends.rpc import parse_endpoints, probe
+from locara.backends.worker_binary import installed_path
+from locara.errors import BackendUnavailableError, UsageError
+from server_harness import free_port, running_server, server_env, wait_until
+
+MODEL = "smollm2-135m-instruct"
+QUESTION = [{"role": "user", "content": "Name the capital city of France."}]
+
+needs_rpc = pytest.mark.skipif(
+    not (installed_path().parent / "ggml-rpc-server").exists(),
+    reason="ggml-rpc-server is not built: run ./scripts/install.sh",
+)
+
+
+def _locara(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "locara", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+# -- addresses and refusals ----------------------------------------------------------------
+
+
+def test_worker_addresses_parse_and_bad_ones_are_refused() -> None:
+    assert parse_endpoints(" 127.0.0.1:1, [::1]:2 ,127.0.0.1:1") == ("127.0.0.1:1", "[::1]:2")
+    for bad in ("127.0.0.1", "host:0", "host:99999", ":50052", "a:b"):
+        with pytest.raises(UsageError, match="invalid RPC worker address"):
+            parse_endpoints(bad)
+
+
+def test_a_worker_refuses_a_network_address_without_the_explicit_flag() -> None:
+    r = _locara("worker", "--listen", "0.0.0.0:50052")
+    assert r.returncode == 1
+    assert "no authentication" in r.stderr and "--i-know-this-is-unauthenticated" in r.stderr
+    r = _locara("worker", "--listen", "nonsense")
+    assert r.returncode == 1 and "host:port" in r.stderr
+
+
+def test_a_server_with_an_unreachable_worker_says_which(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = server_env(tmp_path / "home", {"LOCARA_RPC": f"127.0.0.1:{port}"})
+    r = _locara("plan", MODEL, env=env)
+    assert r.returncode == 1
+    assert f"RPC worker 127.0.0.1:{port} is unreachable" in r.stderr
+    assert "locara worker --listen" in r.stderr
+
+
+def _scripted_worker(reply: bytes | None) -> tuple[socket.socket, int]:
+    """A socket that answers HELLO with ``reply`` (None: never answers)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(struct.pack("<Q", len(reply)) + reply)
+            conn.recv(64)  # until the client goes
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def test_a_worker_of_another_llama_cpp_version_is_refused_with_both_versions() -> None:
+    srv, port = _scripted_worker(bytes([6, 2, 0, 0]) + bytes(24))
+    with srv, pytest.raises(BackendUnavailableError) as err:
+        probe(f"127.0.0.1:{port}")
+    assert "speaks RPC protocol 6.2.0" in err.value.message and "7.0" in err.value.message
+    assert "same Locara version" in (err.value.hint or "")
+
+
+def test_a_worker_that_never_answers_times_out_and_says_why() -> None:
+    srv, port = _scripted_worker(None)
+    with srv, pytest.raises(BackendUnavailableError, match="did not answer within 1 s"):
+        probe(f"127.0.0.1:{port}", timeout_s=1.0)
+
+
+# -- the real thing --------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    endpoint: str
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Worker]]:
+    started = []
+    for i in range(2):
+        port = free_port()
+        with (tmp_path / f"worker-{i}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "locara", "worker", "--listen", f"127.0.0.1:{port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(Worker(f"127.0.0.1:{port}", proc))
+    try:
+        for w in started:
+            port = int(w.endpoint.rpartition(":")[2])
+            assert wait_until(lambda p=port: _listening(p), timeout=30), f"{w.endpoint} down"
+        yield started
+    finally:
+        for w in started:
+            if w.proc.poll() is None:
+                w.proc.terminate()
+                w.proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _chat(url: str, **extra: object) -> httpx.Response:
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 24, "temperature": 0, **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=180)
+
+
+def _ps_rpc(url: str) -> list[str]:
+    (m,) = httpx.get(f"{url}/api/ps").json()["models"]
+    return list(m["locara"]["options"]["rpc_servers"])
+
+
+@needs_rpc
+def test_a_model_split_across_two_workers_answers_as_it_does_locally(
+    tmp_path: Path, shared_home: Path, workers: list[Worker]
+) -> None:
+    endpoints = [w.endpoint for w in workers]
+    with running_server(shared_home) as local:
+        r = _chat(local.url)
+        assert r.status_code == 200, r.text
+        expected = r.json()["choices"][0]["message"]["content"]
+        assert "Paris" in expected
+
+    plan = _locara(
+        "plan", MODEL, "--json", env=server_env(shared_home, {"LOCARA_RPC": ",".join(endpoints)})
+    )
+    assert plan.returncode == 0, plan.stderr
+    explained = json.loads(plan.stdout)
+    assert explained["rpc"] == endpoints and explained["n_gpu_layers"] > 0
+    assert any("RPC worker" in why and endpoints[1] in why for why in explained["reasons"])
+
+    idle_rss = [psutil.Process(w.proc.pid).memory_info().rss for w in workers]
+    with running_server(tmp_path / "home", {"LOCARA_RPC": ",".join(endpoints)}) as split:
+        r = _chat(split.url)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == expected
+        assert _ps_rpc(split.url) == endpoints
+        # Both workers hold a share of the weights (98 MB in all) and of the KV cache.
+        grown = [
+            psutil.Process(w.proc.pid).memory_info().rss - rss
+            for w, rss in zip(workers, idle_rss, strict=True)
+        ]
+        assert all(g > 30e6 for g in grown), grown
+
+        # A worker killed mid-answer: that request fails cleanly...
+        events = []
+        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 3000, "stream": True,
+                "temperature": 0, "response_format": {"type": "json_object"}}  # fmt: skip
+        with httpx.stream(
+            "POST", f"{split.url}/v1/chat/completions", json=body, timeout=120
+        ) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[6:]))
+                    if len(events) == 3:
+                        os.kill(workers[0].proc.pid, signal.SIGKILL)
+        assert "error" in events[-1], events[-1]
+        assert "llama-server" in events[-1]["error"]["message"]
+        # ...and the next one is planned again, with the worker that still answers.
+        r = _chat(split.url)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == expected
+        assert _ps_rpc(split.url) == endpoints[1:]
+        assert split.proc.poll() is None
