@@ -150,6 +150,28 @@ def test_speech_model_refuses_chat(whisper: ModelHandle) -> None:
         next(iter(whisper.model.generate(GenerationRequest(messages=(Message("user", "hi"),)))))
 
 
+def test_windows_are_stitched_on_the_file_clock(
+    cfg: Settings, whisper: ModelHandle, speech: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long file is transcribed window after window (5 minutes each); with 4-second
+    windows this short one takes three, and the segments still read in order on the
+    file's clock (a word cut at a window edge may be lost)."""
+    from locara.media import audio
+
+    monkeypatch.setattr(audio, "WINDOW_S", 4)
+    seen: list[float] = []
+    t = transcribe(
+        cfg, whisper, speech, TranscribeRequest(), app="test", surface="cli",
+        progress=lambda done, total: seen.append(done),
+    )  # fmt: skip
+    starts = [s.start for s in t.segments]
+    assert (
+        starts == sorted(starts) and max(starts) >= 8 and t.segments[-1].end <= t.duration_s + 0.5
+    )
+    assert {4.0, 8.0} <= set(seen) and seen[-1] == pytest.approx(t.duration_s)
+    assert wer(SPEECH_TEXT, t.text) <= 0.40, t.text
+
+
 def test_two_hour_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     """Decoded whole, two hours at 16 kHz is 460 MB of float32; in windows it stays small."""
     require_speech_tools()

@@ -114,7 +114,7 @@ class WhisperSpeech(MediaModel):
         """Transcribe window after window into ``segments``: (seconds read, language)."""
         offset = 0.0
         prompt = req.prompt
-        for window in audio.windows(path):
+        for window in audio.windows(path, audio.WINDOW_S):
             found, win_info = self._model.transcribe(
                 window,
                 language=language,
