@@ -306,7 +306,11 @@ async function loadChatModels() {
     options.push(el("optgroup", { label: "Router policies" }, ...chat.features.policies.map((p) => el("option", { value: p }, p))));
   }
   select.replaceChildren(...options);
-  if (chat.state.model && [...select.options].some((o) => o.value === chat.state.model)) select.value = chat.state.model;
+  // The conversation's model, else the one used last (a new browser should not open on
+  // whichever model sorts first).
+  const recent = models.stored.filter((m) => m.last_used).sort((a, b) => b.last_used.localeCompare(a.last_used));
+  const wanted = [chat.state.model, ...recent.map((m) => m.model)].find((n) => n && names.includes(n));
+  if (wanted) select.value = wanted;
   chat.state.model = select.value;
 }
 
