@@ -188,7 +188,12 @@ def ledger(server: RunningServer) -> list[dict[str, Any]]:
 def test_chat_streams_an_answer_with_paris(web: Watched, server: RunningServer) -> None:
     page = web.page
     open_chat(page, server.url, max_tokens="24")
-    send(page, "Name the capital city of France.")
+    page.fill("#chat-system", "You are a helpful assistant.")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        send(page, "Name the capital city of France.")
+    body = json.loads(sent.value.post_data or "{}")
+    assert body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
+    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0, 24, True)
     # Streaming: the Stop button is live while tokens arrive, off again at the end.
     page.wait_for_selector("#chat-stop:not([disabled])", timeout=60_000)
     answer, meta = last_answer(page)
@@ -393,8 +398,13 @@ def test_remove_refuses_an_app_pinned_model_and_removes_a_free_one(
 def test_usage_charts_render_the_ledger(web: Watched, server: RunningServer) -> None:
     rows = ledger(server)
     assert rows, "the chat tests above left requests in the ledger"
+    bench = run_cli("bench", MODEL, "--n-prompt", "16", "--n-gen", "8", "-r", "1", home=server.home)
+    assert bench.returncode == 0, bench.stderr
     page = web.page
     page.goto(f"{server.url}/#usage")
+    bench_row = page.locator("#bench-table tbody tr", has_text=MODEL)
+    bench_row.wait_for()
+    assert "Q4_1" in bench_row.inner_text() and "llama_cpp" in bench_row.inner_text()
     page.locator("#usage-totals dd").first.wait_for()
     assert page.locator("#usage-totals dd").first.inner_text() == str(len(rows))
     charts = page.locator("#usage-charts figure")
@@ -435,6 +445,7 @@ def test_xss_in_model_output_stored_chat_and_names_stays_inert(
     answer, _ = last_answer(page)
     assert "<img" in answer and "onerror" in answer, answer  # the model wrote markup…
     assert page.locator("#chat-log img").count() == 0  # …and it stayed text
+    assert page.locator("#chat-log li.assistant pre.code").count() >= 1  # in a code block
     # A conversation in localStorage is rendered by the same code.
     convo = {"messages": [{"role": "assistant", "content": f"{XSS} [x](javascript:alert(1))"}]}
     page.evaluate(f"localStorage.setItem('locara.chat', {json.dumps(json.dumps(convo))})")
