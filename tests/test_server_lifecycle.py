@@ -186,3 +186,22 @@ def test_ollama_stream_disconnect_stops_generation(server: RunningServer) -> Non
         before, "locara_completion_tokens_total", model=MODEL
     )
     assert 5 <= generated <= 15
+
+
+def test_workers_end_with_a_server_killed_by_sigkill(shared_home: Path) -> None:
+    """A server that cannot clean up (kill -9) leaves no llama-server behind holding memory."""
+    import os
+    import signal
+
+    import psutil
+
+    with running_server(shared_home, {"LOCARA_CTX": str(CTX)}) as s:
+        assert chat(s).status_code == 200
+        workers = [
+            p for p in psutil.Process(s.proc.pid).children(recursive=True)
+            if p.name() == "llama-server"
+        ]  # fmt: skip
+        assert len(workers) == 1
+        os.kill(s.proc.pid, signal.SIGKILL)
+        s.proc.wait(10)
+        assert wait_until(lambda: not workers[0].is_running() or workers[0].status() == "zombie")

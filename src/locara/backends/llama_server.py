@@ -16,6 +16,7 @@ stream, which makes llama-server cancel the task and free the slot.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import enum
 import json
@@ -25,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,7 +34,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
@@ -150,6 +152,32 @@ class WorkerConfig:
             else ["--chat-template-file", str(self.chat_template_file)] if self.chat_template_file
             else []
         )  # fmt: skip
+
+
+# Linux's parent-death signal goes to a child when the *thread* that started it ends, so
+# every worker is started from this one long-lived thread: a worker then ends with the
+# Locara process, even one killed with SIGKILL, instead of holding its memory forever.
+_spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="locara-spawner")
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
+
+
+def _spawn(argv: list[str], log: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    if _SETPRIV is not None:
+        argv = [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Its own session: Ctrl-C in a terminal reaches Locara, which decides (an
+            # interactive chat keeps its worker for the next turn).
+            start_new_session=True,
+        )
+
+    return _spawner.submit(start).result()
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float, socket_dir: Path) -> None:
@@ -298,16 +326,7 @@ class LlamaServerWorker:
         with self.log_path.open("ab") as logf:
             logf.write(f"--- locara: start {self.starts}: {' '.join(argv)}\n".encode())
             logf.flush()
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                # Its own session: Ctrl-C in a terminal reaches Locara, which decides
-                # (an interactive chat keeps its worker for the next turn).
-                start_new_session=True,
-            )
+            self._proc = _spawn(argv, logf, env)
         proc = self._proc
         self._finalizer = weakref.finalize(
             self, _stop_process, proc, self.stop_timeout_s, self._socket_dir
