@@ -253,6 +253,9 @@ def test_an_answer_from_documents_links_its_citations_to_the_quoted_span(
     page = web.page
     open_chat(page, server.url, max_tokens="64")
     page.wait_for_selector("#chat-collection option[value='geo']", state="attached")
+    # Pickers appear only for features the server has: collections yes, adapters (no
+    # listing route yet) no.
+    assert page.is_visible("#chat-collection") and page.is_hidden("#chat-adapter")
     page.select_option("#chat-collection", "geo")
     send(page, "Which cities does the Danube flow through?")
     _, meta = last_answer(page)
