@@ -388,7 +388,9 @@ def test_rslora_is_converted_to_the_same_delta(
     assert a[0] == b[0] and np.allclose(a[2], b[2], atol=1e-4)
     lineage = eco.cli("lineage", f"sha256:{m.sha256}", "--json")
     rec = json.loads(lineage.stdout)["records"][0]
-    assert rec["operator"] == "convert" and rec["params"]["from"] == "peft"
+    assert rec["operator"] == "attach" and rec["params"]["from"] == "peft"
+    peft_sha = hashlib.sha256((rs / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert rec["parents"] == [DEFAULT_SHA, peft_sha]
 
 
 # -- merge and lineage -------------------------------------------------------------------------
@@ -427,7 +429,8 @@ def test_merge_then_run_equals_run_with_adapter(eco: Eco, tmp_path: Path) -> Non
     assert rec["operator"] == "merge" and rec["parents"] == [eco.other_sha, adapter_sha]
     assert rec["params"]["adapter"] == "tiny-f32" and rec["params"]["alpha"] == 8.0
     text = eco.cli("lineage", "tiny-merged").stdout
-    assert "<- merge" in text and f"{OTHER} ({eco.other_sha[:12]})  [root]" in text
+    assert "<- merge" in text and "<- attach" in text
+    assert f"{OTHER} ({eco.other_sha[:12]})  [root]" in text  # merged → adapter → base
     dot = eco.cli("lineage", "tiny-merged", "--dot").stdout
     assert dot.startswith("digraph lineage {") and f'"{eco.other_sha[:12]}" ->' in dot
 

@@ -214,16 +214,18 @@ class AdapterRegistry:
         self.store.index.add_ref(sha, HOLDER + adapter_id)
         self.store.index.add_ref(base.sha256, ADAPTER_BASE_PREFIX + adapter_id)
         self._write(manifest)
-        if parent is not None:
-            parent_sha, _ = hash_file(parent)
-            record_lineage(
-                self.settings,
-                LineageRecord(
-                    sha, (parent_sha,), "convert",
-                    tool_version("gguf", "safetensors"),
-                    {"from": "peft", "base": base.sha256, **scale_source.model_dump()},  # type: ignore[union-attr]
-                ),
-            )  # fmt: skip
+        # The adapter descends from its base (the binding), and from the PEFT weights it
+        # was converted from, if any.
+        parents = (base.sha256,) + ((hash_file(parent)[0],) if parent is not None else ())
+        record_lineage(
+            self.settings,
+            LineageRecord(
+                sha, parents, "attach",
+                tool_version("gguf", "safetensors") if parent else tool_version("gguf"),
+                {"kind": "lora", "from": manifest.lora.source.format, "rank": manifest.lora.rank,
+                 "alpha": manifest.lora.alpha, "convention": manifest.lora.source.convention},
+            ),
+        )  # fmt: skip
         return manifest
 
     def _write(self, manifest: AdapterManifest) -> None:

@@ -103,10 +103,13 @@ def _digests(settings: Settings, cand: Candidate) -> dict[str, str]:
     out = {cand.base_sha256: f"{cand.model_id} (base)"}
     out.update({a["sha256"]: f"adapter {a['id']}" for a in cand.adapters})
     out[cand.vector.suite_sha256] = f"task suite {cand.vector.suite}"
-    for rec in ancestry(settings, cand.base_sha256):
-        for p in rec.parents:
-            out.setdefault(p, f"parent of {rec.sha256[:12]} ({rec.operator})")
     store = BlobStore(settings)
+    for rec in ancestry(settings, cand.base_sha256):
+        # Ancestors outside the store (the PEFT weights an adapter came from) stay in the
+        # lineage records, not in the packet, whose digests must all resolve here.
+        for p in rec.parents:
+            if store.find(p) is not None:
+                out.setdefault(p, f"parent of {rec.sha256[:12]} ({rec.operator})")
     for sha in out:
         store.verify(sha)  # raises, naming the digest, if the store cannot produce it
     return out
