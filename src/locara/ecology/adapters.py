@@ -265,9 +265,7 @@ class AdapterRegistry:
             if manifest.base.sha256 != base.sha256:
                 raise AdapterMismatchError(
                     f"adapter {spec.id} was made for base sha256:{manifest.base.sha256}, but the "
-                    f"loaded model {base.model_id or ''} is sha256:{base.sha256}".replace(
-                        "  ", " "
-                    ),
+                    f"model {base.model_id or 'given'} is sha256:{base.sha256}",
                     f"run it on its base: locara run {manifest.base.model_id or 'MODEL'}"
                     f"@sha256:{manifest.base.sha256} --adapter {spec.id}",
                 )
