@@ -562,3 +562,27 @@ def test_dashboard_routes_refuse_bad_input_with_a_hint(server: RunningServer) ->
     assert since.status_code == 400 and "7d" in since.json()["hint"]
     plan = httpx.get(f"{server.url}/api/locara/plan", params={"model": MODEL}, timeout=60).json()
     assert plan["plan"]["ok"] and plan["explanation"][0].startswith(MODEL)
+
+
+def test_a_router_policy_is_offered_as_a_model_and_answers(
+    browser: Browser, shared_home: Path, tmp_path: Path
+) -> None:
+    home = clone_home(shared_home, tmp_path / "home")
+    policy = tmp_path / "smart.toml"
+    policy.write_text(f'name = "smart"\n[[candidates]]\nmodel = "{MODEL}"\n')
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    try:
+        with running_server(home, args=("--policy", str(policy))) as s:
+            open_chat(page, s.url, max_tokens="24")
+            group = page.locator("#chat-model optgroup[label='Router policy'] option")
+            group.first.wait_for(state="attached")
+            names = [group.nth(i).get_attribute("value") for i in range(group.count())]
+            assert names == ["smart", "auto"]
+            send(page, "Name the capital city of France.", model="smart")
+            answer, meta = last_answer(page)
+            assert "Paris" in answer and not meta.startswith("error"), meta
+            row = UsageDB(home / "usage.db").rows()[-1]
+            assert row["model_id"] == MODEL and row["status"] == "ok"
+    finally:
+        context.close()

@@ -127,11 +127,18 @@ async def plan(
 
 @router.get("/api/locara/models")
 async def models(request: Request) -> dict[str, Any]:
-    """Stored models (size, quant, license, last use, pinning apps) and the curated catalog."""
+    """Stored models (size, quant, license, last use, pinning apps), the curated catalog,
+    and the virtual model names of the router policy (``locara serve --policy``), if any."""
     from locara.cli.cleanup import inventory
     from locara.registry.catalog import Registry
 
-    settings = service(request).settings
+    svc = service(request)
+    settings = svc.settings
+    policies: list[str] = []
+    if svc.config.policy is not None:
+        from locara.server.router_routes import VIRTUAL_MODEL
+
+        policies = [svc.config.policy.name, VIRTUAL_MODEL]
 
     def work() -> dict[str, Any]:
         registry = Registry(settings)
@@ -156,7 +163,8 @@ async def models(request: Request) -> dict[str, Any]:
                     "license": entry.get("license"),
                 }
             )
-        return {"stored": stored, "catalog": sorted(catalog.values(), key=lambda c: c["id"])}
+        catalog_list = sorted(catalog.values(), key=lambda c: c["id"])
+        return {"stored": stored, "catalog": catalog_list, "policies": policies}
 
     return await asyncio.to_thread(work)
 

@@ -93,7 +93,7 @@ async function request(path, { method = "GET", body, signal } = {}) {
     throw new ApiError(0, "cannot reach the server", "is `locara serve` still running? reload when it is back");
   }
   if (resp.status === 401) {
-    showLogin("invalid or missing API token: sign in again");
+    showLogin(token ? "The server refused this token (wrong or revoked): sign in again." : "");
     throw errorOf(401, await resp.json().catch(() => null));
   }
   if (!resp.ok) throw errorOf(resp.status, await resp.json().catch(() => null));
@@ -249,7 +249,7 @@ function markdown(text, cite) {
 const chat = {
   state: { model: "", system: "", temperature: 0.7, maxTokens: "", messages: [] },
   controller: null,   // the AbortController of the answer being streamed
-  features: { adapters: null, collections: null, policies: null },
+  features: { adapters: null, collections: null },
 };
 
 function saveChat() { localStorage.setItem(CHAT_KEY, JSON.stringify(chat.state)); }
@@ -302,20 +302,20 @@ async function loadChatModels() {
   const select = $("#chat-model");
   const names = tags.models.map((m) => m.name.replace(/:latest$/, "")).filter(chats);
   const options = names.map((n) => el("option", { value: n }, n));
-  if (chat.features.policies && chat.features.policies.length) {
-    options.push(el("optgroup", { label: "Router policies" }, ...chat.features.policies.map((p) => el("option", { value: p }, p))));
+  if (models.policies.length) {  // locara serve --policy: its virtual model names
+    options.push(el("optgroup", { label: "Router policy" }, ...models.policies.map((p) => el("option", { value: p }, p))));
   }
   select.replaceChildren(...options);
   // The conversation's model, else the one used last (a new browser should not open on
   // whichever model sorts first).
   const recent = models.stored.filter((m) => m.last_used).sort((a, b) => b.last_used.localeCompare(a.last_used));
-  const wanted = [chat.state.model, ...recent.map((m) => m.model)].find((n) => n && names.includes(n));
+  const wanted = [chat.state.model, ...recent.map((m) => m.model)].find((n) => n && [...names, ...models.policies].includes(n));
   if (wanted) select.value = wanted;
   chat.state.model = select.value;
 }
 
-// Adapters, document collections and router policies come from other parts of Locara:
-// their pickers appear only when the server's OpenAPI document lists a route for them.
+// Adapters and document collections come from other parts of Locara: their pickers
+// appear only when the server's OpenAPI document lists a route for them.
 async function detectFeatures() {
   let paths;
   try { paths = Object.entries((await getJSON("/openapi.json")).paths || {}); } catch { return; }
@@ -328,7 +328,6 @@ async function detectFeatures() {
   };
   chat.features.adapters = await items(find(/\/adapters$/));
   chat.features.collections = await items(find(/(rag|collections)/));
-  chat.features.policies = await items(find(/\/policies$/));
   for (const [key, id] of [["adapters", "adapter"], ["collections", "collection"]]) {
     const values = chat.features[key];
     $(`#chat-${id}-label`).hidden = !values;
