@@ -188,14 +188,14 @@ def test_ollama_stream_disconnect_stops_generation(server: RunningServer) -> Non
     assert 5 <= generated <= 15
 
 
-def test_workers_end_with_a_server_killed_by_sigkill(shared_home: Path) -> None:
+def test_workers_end_with_a_server_killed_by_sigkill(tmp_path: Path) -> None:
     """A server that cannot clean up (kill -9) leaves no llama-server behind holding memory."""
     import os
     import signal
 
     import psutil
 
-    with running_server(shared_home, {"LOCARA_CTX": str(CTX)}) as s:
+    with running_server(tmp_path / "home", {"LOCARA_CTX": str(CTX)}) as s:
         assert chat(s).status_code == 200
         workers = [
             p for p in psutil.Process(s.proc.pid).children(recursive=True)
