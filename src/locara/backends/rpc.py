@@ -43,9 +43,8 @@ class RpcWorker:
 
     endpoint: str  # host:port
     version: tuple[int, int, int]
-    free_bytes: int
+    free_bytes: int  # summed over its devices
     total_bytes: int
-    devices: int
 
 
 def parse_endpoints(text: str) -> tuple[str, ...]:
@@ -135,7 +134,7 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> RpcWorker:
         ) from None
     except (OSError, ConnectionError, struct.error) as exc:
         raise BackendUnavailableError(f"RPC worker {endpoint} is unreachable: {exc}", fix) from None
-    return RpcWorker(endpoint, version, free, total, count)
+    return RpcWorker(endpoint, version, free, total)
 
 
 def rpc_server_binary(llama_server: Path) -> Path:
