@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from conftest import DEFAULT_MODEL
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer, running_server, wait_until
 
 TOOLS_MODEL = "smollm2-135m-tools"
 # A template Python's Jinja renders but llama.cpp's parser does not know ({% with %}).
@@ -280,6 +280,36 @@ def test_tool_requests_are_accounted_like_any_other(server: RunningServer) -> No
             (TOOLS_MODEL,),
         ).fetchall()
     assert rows == [("ok", usage["prompt_tokens"], usage["completion_tokens"])]
+
+
+def test_a_client_gone_during_a_tool_requests_prompt_cancels_it(server: RunningServer) -> None:
+    """The tools path reads the worker's prompt progress too: a client that leaves while
+    a long prompt is evaluated ends the request there, accounted as cancelled."""
+    warm = {"model": TOOLS_MODEL, "messages": ASK_PARIS, "tools": [WEATHER], "max_tokens": 1}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=warm, timeout=120).is_success
+    words = " ".join(f"item{i}" for i in range(700))  # thousands of tokens: seconds of prompt
+    body = {
+        "model": TOOLS_MODEL,
+        "messages": [{"role": "user", "content": f"Weather for each of: {words}"}],
+        "tools": [WEATHER],
+        "max_tokens": 64,
+        "stream": True,
+    }
+    url = f"{server.url}/v1/chat/completions"
+    with pytest.raises(httpx.ReadTimeout), httpx.stream("POST", url, json=body, timeout=0.5) as r:
+        for _ in r.iter_lines():
+            pass
+
+    def last_row() -> tuple[str, int] | None:
+        with sqlite3.connect(server.home / "usage.db") as conn:
+            row = conn.execute(
+                "SELECT status, completion_tokens FROM requests WHERE model_id = ? "
+                "ORDER BY ts DESC LIMIT 1",
+                (TOOLS_MODEL,),
+            ).fetchone()
+        return (str(row[0]), int(row[1])) if row else None
+
+    assert wait_until(lambda: last_row() == ("cancelled", 0), timeout=60), last_row()
 
 
 # -- Ollama -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from locara.backends.base import (
     Timings,
     ToolCallDelta,
     Usage,
+    cancelled_chunk,
 )
 from locara.backends.stops import StopScanner
 from locara.errors import TemplateRefusedError
@@ -110,6 +111,9 @@ def chat_body(req: GenerationRequest, extra_stops: Iterable[str] = ()) -> dict[s
         # Thinking stays in the text, as /completion returns it; nothing is dropped.
         "reasoning_format": "none",
         "cache_prompt": not s.reproducible,  # see Sampling.reproducible
+        # An event per batch of prompt work: a client gone during a long prompt is seen
+        # within a batch (as on /completion).
+        "return_progress": True,
         "temperature": s.temperature,
         "top_k": s.top_k,
         "top_p": s.top_p,
@@ -188,6 +192,14 @@ def chat_chunks(
         if "error" in event:
             raise on_error(event["error"])
         now = time.perf_counter()
+        if "prompt_progress" in event:
+            if first_at is None and req.cancelled is not None and req.cancelled():
+                # Leaving the stream closes it: the worker drops the prompt's task.
+                progress = event["prompt_progress"] or {}
+                total, cache = int(progress.get("total", 0)), int(progress.get("cache", 0))
+                yield cancelled_chunk(total, cache, now - started)
+                return
+            continue  # a batch of prompt work done, nothing to say yet
         if event.get("timings"):
             timings = event["timings"]
             n_out = int(timings.get("predicted_n", n_out))
