@@ -261,10 +261,16 @@ def test_cascade_escalates_on_low_confidence(
     assert out.signals.mean_logprob is not None and out.signals.mean_logprob < -0.0001
     assert out.remote is not None and out.remote.cost_usd is not None and out.remote.cost_usd > 0
     assert strong.requests[0]["body"]["messages"][-1]["content"] == QUESTION
+    p = policy(strong.url, cascade={"min_tail_logprob": -0.0001})
+    out = run(p, _decide(p, router_home), _req(), _generate(small), consent=True)
+    assert out.escalated and out.reason and out.reason.startswith("tail logprob")
+    assert out.signals.tail_logprob is not None
+    assert out.signals.mean_logprob is not None
+    assert out.signals.tail_logprob <= out.signals.mean_logprob
     # A lenient threshold keeps the local answer and never calls the target.
     p = policy(strong.url, cascade={"min_mean_logprob": -100})
     out = run(p, _decide(p, router_home), _req(), _generate(small), consent=True)
-    assert not out.escalated and out.answered_by == "local" and len(strong.requests) == 1
+    assert not out.escalated and out.answered_by == "local" and len(strong.requests) == 2
 
 
 def test_json_schema_failure_and_self_check_escalate(

@@ -33,9 +33,13 @@ SELF_CHECK = (
 )
 
 
+TAIL_TOKENS = 3  # min_tail_logprob: the mean of this many least likely tokens
+
+
 @dataclass(frozen=True)
 class Signals:
     mean_logprob: float | None = None
+    tail_logprob: float | None = None
     schema_ok: bool | None = None
     yes_prob: float | None = None
 
@@ -64,6 +68,11 @@ class Outcome:
 def mean_logprob(chunks: list[Chunk]) -> float | None:
     lps = [t.logprob for c in chunks for t in c.logprobs if math.isfinite(t.logprob)]
     return sum(lps) / len(lps) if lps else None
+
+
+def tail_logprob(chunks: list[Chunk]) -> float | None:
+    lps = sorted(t.logprob for c in chunks for t in c.logprobs if math.isfinite(t.logprob))
+    return sum(lps[:TAIL_TOKENS]) / len(lps[:TAIL_TOKENS]) if lps else None
 
 
 def schema_ok(text: str, schema: dict[str, Any]) -> bool:
@@ -111,19 +120,21 @@ def assess(
 ) -> tuple[Signals, str | None]:
     """The signals of a local answer and the first reason to escalate (None: confident)."""
     text = "".join(c.text for c in chunks)
-    mlp = mean_logprob(chunks)
+    mlp, tail = mean_logprob(chunks), tail_logprob(chunks)
     ok = schema_ok(text, req.json_schema) if req.json_schema is not None else None
     reason = None
     if cfg.json_schema and ok is False:
         reason = "the answer fails the request's JSON schema"
     elif cfg.min_mean_logprob is not None and mlp is not None and mlp < cfg.min_mean_logprob:
         reason = f"mean token logprob {mlp:.3f} < {cfg.min_mean_logprob}"
+    elif cfg.min_tail_logprob is not None and tail is not None and tail < cfg.min_tail_logprob:
+        reason = f"tail logprob (3 least likely tokens) {tail:.3f} < {cfg.min_tail_logprob}"
     yes = None
     if reason is None and cfg.self_check is not None and self_check is not None:
         yes = self_check(text)
         if yes < cfg.self_check.min_yes_prob:
             reason = f"self-check P(yes) {yes:.2f} < {cfg.self_check.min_yes_prob}"
-    return Signals(mlp, ok, yes), reason
+    return Signals(mlp, tail, ok, yes), reason
 
 
 def run(
@@ -166,7 +177,9 @@ def run(
     assert chosen is not None  # local and cascade modes have a candidate
     cascade = decision.mode == "cascade" and bool(chain)
     local_req = req
-    if cascade and policy.cascade.min_mean_logprob is not None and req.logprobs is None:
+    c = policy.cascade
+    wants_logprobs = c.min_mean_logprob is not None or c.min_tail_logprob is not None
+    if cascade and wants_logprobs and req.logprobs is None:
         local_req = replace(req, logprobs=0)
     chunks = generate(chosen, local_req)
     text = "".join(c.text for c in chunks)

@@ -284,6 +284,8 @@ def decide(
         signals = []
         if c.min_mean_logprob is not None:
             signals.append(f"mean token logprob < {c.min_mean_logprob}")
+        if c.min_tail_logprob is not None:
+            signals.append(f"mean of the 3 least likely tokens' logprobs < {c.min_tail_logprob}")
         if c.json_schema:
             signals.append("answer fails the request's JSON schema")
         if c.self_check is not None:

@@ -91,6 +91,13 @@ class Cascade(_Strict):
         le=0.0,
         description="Escalate when the answer's mean token logprob is lower",
     )
+    min_tail_logprob: float | None = Field(
+        default=None,
+        ge=-100.0,
+        le=0.0,
+        description="Escalate when the mean of the answer's 3 least likely tokens is lower "
+        "(one wrong word in a fluent answer shows here, not in the mean)",
+    )
     json_schema: bool = Field(
         default=True, description="Escalate when the request has a JSON schema the answer fails"
     )
