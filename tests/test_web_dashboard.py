@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from conftest import run_cli
@@ -496,7 +497,12 @@ def test_server_stopping_mid_stream_is_said_and_a_reload_recovers(
             send(page, "Write a very long story about a lighthouse keeper. Use many chapters.")
             body = page.locator("#chat-log li.assistant").last.locator(".body")
             wait_until(lambda: len(body.inner_text()) > 40, timeout=120)
-            first.proc.kill()  # the server goes away mid-answer
+            # The server goes away mid-answer. SIGKILL leaves its llama-server worker
+            # behind (nothing can clean up after kill -9), so that one goes by hand.
+            workers = psutil.Process(first.proc.pid).children(recursive=True)
+            first.proc.kill()
+            for worker in workers:
+                worker.kill()
             _, meta = last_answer(page, timeout=60_000)
             assert "connection to the server was lost" in meta
             page.locator("#banner", has_text="stopped responding").wait_for()
