@@ -98,6 +98,10 @@ def test_unknown_candidate_and_missing_key_variable(settings: Settings, tmp_path
     ):
         load_policy(path, settings, env={})
     assert load_policy(path, settings, env={"LOCARA_TEST_KEY": SECRET}).targets[0].api_key_env
+    cand = {"model": "smollm2-135m-instruct", "adapters": [{"id": "no-such-adapter"}]}
+    path.write_text(json.dumps(policy_dict(candidates=[cand])))
+    with pytest.raises(ConfigError, match=r"candidates\.0\.adapters\.0: .*no-such-adapter"):
+        load_policy(path, settings)
 
 
 def test_toml_policy_and_cli_check(shared_home: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
-from locara.errors import ConfigError
+from locara.errors import ConfigError, LocaraError
 from locara.settings import Settings
 
 Privacy = Literal["local_only", "allow_remote"]
@@ -271,6 +271,7 @@ def load_policy(
     path: Path, settings: Settings, env: Mapping[str, str] | None = None
 ) -> RouterPolicy:
     """Read, validate and check a policy against this machine's registry and environment."""
+    from locara.ecology.adapters import AdapterRegistry
     from locara.registry.catalog import Registry
     from locara.registry.refs import parse_ref
 
@@ -281,7 +282,7 @@ def load_policy(
             f"cannot read policy {path}: {exc}", "pass the path of a policy file"
         ) from exc
     policy = parse_policy(text, str(path))
-    registry = Registry(settings)
+    registry, adapters = Registry(settings), AdapterRegistry(settings)
     for i, c in enumerate(policy.candidates):
         ref = parse_ref(c.model)
         if registry.path_of(ref.id) is None:
@@ -292,6 +293,14 @@ def load_policy(
                 if near
                 else "list models with: locara ls --all",
             )
+        for j, a in enumerate(c.adapters):
+            try:
+                adapters.get(a.id)
+            except LocaraError as exc:
+                raise ConfigError(
+                    f"policy {path}: candidates.{i}.adapters.{j}: {exc.message}",
+                    exc.hint or "list adapters with: locara adapter ls",
+                ) from exc
     env = os.environ if env is None else env
     for t in policy.targets:
         if t.api_key_env and not env.get(t.api_key_env):
