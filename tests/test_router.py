@@ -441,12 +441,25 @@ def test_served_local_only_policy_never_connects_off_loopback(
         assert r.status_code == 200, r.text
         assert r.headers["X-Locara-Answered-By"] == "local"
         assert r.json()["locara"]["escalated"] is False
+        r = httpx.post(f"{srv.url}/api/chat", timeout=120, json={
+            "model": "smart", "stream": False, "options": {"temperature": 0, "num_predict": 12},
+            "messages": [{"role": "user", "content": QUESTION}],
+        })  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.json()["done"] is True and "Paris" in r.json()["message"]["content"]
+        assert r.json()["locara"]["answered_by"] == "local"
+        lines = httpx.post(f"{srv.url}/api/chat", timeout=120, json={
+            "model": "auto", "messages": [{"role": "user", "content": QUESTION}],
+            "options": {"num_predict": 4},
+        }).text.splitlines()  # fmt: skip
+        assert json.loads(lines[-1])["done"] is True and len(lines) == 2
         # A non-routed model name is served as before.
         plain = _chat(srv.url, model="smollm2-135m-instruct")
         assert plain.status_code == 200 and "locara" not in plain.json()
     assert egress.read_text() == ""
     rows = [r for r in UsageDB(home / "usage.db").rows() if r["route"]]
-    assert len(rows) == 1 and rows[0]["escalated"] == 0 and rows[0]["saved_usd"] is None
+    assert len(rows) == 3 and {r["surface"] for r in rows} == {"openai", "ollama"}
+    assert all(r["escalated"] == 0 and r["saved_usd"] is None for r in rows)
 
 
 def test_serve_refuses_a_bad_policy_before_listening(shared_home: Path, tmp_path: Path) -> None:

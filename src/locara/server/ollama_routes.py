@@ -77,6 +77,7 @@ from locara.server.ollama_schema import (
     ShowRequest,
 )
 from locara.server.openai_routes import embedding_inputs
+from locara.server.router_routes import policy_router, routed_chat
 from locara.server.service import Caller
 from locara.server.streaming import CancellableStream, ndjson
 from locara.server.tool_calls import check_tools, ollama_calls, ollama_messages, ollama_tools
@@ -375,6 +376,20 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     tools = ollama_tools(body.tools)
     check_tools(messages, tools, ToolChoice())
     opts = _check_options(body.options)
+    if (router := policy_router(request, body.model)) is not None:  # locara serve --policy
+        if tools or images or body.adapters or body.logprobs:
+            raise UsageError(
+                "tools, images, adapters and logprobs are not routed by a policy",
+                "name a model instead of the policy's",
+            )
+        sampling = {
+            k: getattr(opts, k)
+            for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+        }
+        return await routed_chat(
+            request, router, messages, max_tokens=_max_tokens(opts), json_schema=_schema(body.format),
+            sampling=sampling, stream=body.stream is not False, surface="ollama",
+        )  # fmt: skip
     build = _builder(
         request,
         opts,

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -35,7 +36,7 @@ from locara.router.remote import EscalationError
 from locara.server.common import service
 from locara.server.errors import HTTPError
 from locara.server.service import Caller
-from locara.server.streaming import sse
+from locara.server.streaming import ndjson, sse
 
 VIRTUAL_MODEL = "auto"
 
@@ -135,7 +136,7 @@ async def routed_chat(
     stream: bool,
     surface: str = "openai",
 ) -> Response:
-    """Answer an OpenAI chat completion for the policy's virtual model."""
+    """Answer a chat (OpenAI's or Ollama's, by ``surface``) for the policy's virtual model."""
     from locara.backends.base import Sampling
     from locara.server.common import app_name
 
@@ -161,30 +162,67 @@ async def routed_chat(
         await in_thread(attempts.record, caller, route, None, getattr(exc, "message", repr(exc)))
         raise
     await in_thread(attempts.record, caller, route, outcome, None)
-    return _response(outcome, route, stream)
+    answer = _Answer.of(outcome, route)
+    return _ollama(answer, stream) if surface == "ollama" else _openai(answer, stream)
 
 
-def _response(outcome: Outcome, route: str, stream: bool) -> Response:
+@dataclass(frozen=True)
+class _Answer:
+    """What both surfaces say about a routed answer."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    headers: dict[str, str]
+    locara: dict[str, Any]
+
+    @classmethod
+    def of(cls, outcome: Outcome, route: str) -> _Answer:
+        if outcome.remote is not None:
+            by = f"remote:{outcome.remote.target.name}"
+            prompt_t, completion_t = outcome.remote.prompt_tokens, outcome.remote.completion_tokens
+            model = outcome.remote.target.model
+        else:
+            by = "local"
+            last = outcome.local[-1] if outcome.local else None
+            usage = last.usage if last else None
+            prompt_t = usage.prompt_tokens if usage else 0
+            completion_t = usage.completion_tokens if usage else 0
+            model = outcome.local_candidate.candidate.model if outcome.local_candidate else by
+        locara = {
+            "route": route,
+            "answered_by": by,
+            "escalated": outcome.escalated,
+            "reason": outcome.reason,
+            "signals": outcome.signals.to_dict(),
+        }
+        headers = {"X-Locara-Route": route, "X-Locara-Answered-By": by}
+        return cls(outcome.text, model, prompt_t, completion_t, headers, locara)
+
+
+def _ollama(a: _Answer, stream: bool) -> Response:
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    done = {
+        "model": a.model, "created_at": now, "message": {"role": "assistant", "content": ""},
+        "done": True, "done_reason": "stop", "prompt_eval_count": a.prompt_tokens,
+        "eval_count": a.completion_tokens, "locara": a.locara,
+    }  # fmt: skip
+    if not stream:
+        return JSONResponse({**done, "message": {"role": "assistant", "content": a.text}},
+                            headers=a.headers)  # fmt: skip
+    piece = {"model": a.model, "created_at": now, "done": False,
+             "message": {"role": "assistant", "content": a.text}}  # fmt: skip
+    body = [ndjson(piece), ndjson(done)]
+    return StreamingResponse(iter(body), media_type="application/x-ndjson", headers=a.headers)
+
+
+def _openai(a: _Answer, stream: bool) -> Response:
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    headers = {"X-Locara-Route": route, "X-Locara-Answered-By": outcome.answered_by}
-    if outcome.remote is not None:
-        headers["X-Locara-Answered-By"] = f"remote:{outcome.remote.target.name}"
-        prompt_t, completion_t = outcome.remote.prompt_tokens, outcome.remote.completion_tokens
-        model = outcome.remote.target.model
-    else:
-        last = outcome.local[-1] if outcome.local else None
-        usage = last.usage if last else None
-        prompt_t = usage.prompt_tokens if usage else 0
-        completion_t = usage.completion_tokens if usage else 0
-        model = outcome.local_candidate.candidate.model if outcome.local_candidate else "local"
-    locara = {
-        "route": route,
-        "answered_by": headers["X-Locara-Answered-By"],
-        "escalated": outcome.escalated,
-        "reason": outcome.reason,
-        "signals": outcome.signals.to_dict(),
-    }
+    model, prompt_t, completion_t, headers, locara = (
+        a.model, a.prompt_tokens, a.completion_tokens, a.headers, a.locara
+    )  # fmt: skip
     usage_body = {
         "prompt_tokens": prompt_t,
         "completion_tokens": completion_t,
@@ -196,7 +234,7 @@ def _response(outcome: Outcome, route: str, stream: bool) -> Response:
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{
                     "index": 0, "finish_reason": "stop", "logprobs": None,
-                    "message": {"role": "assistant", "content": outcome.text, "refusal": None},
+                    "message": {"role": "assistant", "content": a.text, "refusal": None},
                 }],
                 "usage": usage_body,
                 "locara": locara,
@@ -212,7 +250,7 @@ def _response(outcome: Outcome, route: str, stream: bool) -> Response:
 
     body = [
         event({"role": "assistant", "content": ""}, None),
-        event({"content": outcome.text}, None),
+        event({"content": a.text}, None),
         event({}, "stop"),
         sse("[DONE]"),
     ]
