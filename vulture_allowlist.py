@@ -18,6 +18,12 @@ _.ram_physical_bytes  # device/profile.py DeviceProfile (locara device --json)
 
 # Attributes of a foreign object.
 _.vocab_only  # backends/llama_server.py: llama.cpp's model params (a ctypes struct)
+_.pedigree  # ecology/release.py: a cyclonedx Component's
+_.creationInfo  # ecology/release.py: an spdx Tool's
+_.createdBy  # ecology/release.py: an spdx CreationInfo's
+
+# Pydantic fields outside *_schema.py / *manifest.py (read by validation, not by name).
+_.schema_version  # router/policy.py RouterPolicy: the file format's version
 
 # Used by bench/ scripts, which are part of the repository but not of src/.
 estimate_fit  # bench/fit.py
@@ -40,3 +46,4 @@ _.vision  # backends/base.py Capabilities
 _.for_base  # ecology/adapters.py
 _.base_name  # ecology/peft.py
 _.added_at  # rag/collection.py
+_.answered_by  # router/cascade.py Outcome: set, never read yet (router, issue #13)
