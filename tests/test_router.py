@@ -421,6 +421,8 @@ def test_served_policy_escalates_with_consent_and_records_it(
     assert sum(r["escalated"] for r in local) == 1  # the attempt that was escalated
     kept = [r for r in local if not r["escalated"]]
     assert all(r["saved_usd"] > 0 for r in kept)
+    res = run_cli("usage", home=home)
+    assert "Routed by policy: 3 requests, 2 answered locally, 1 escalated" in res.stdout, res.stdout
 
 
 def test_served_local_only_policy_never_connects_off_loopback(

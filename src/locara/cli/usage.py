@@ -124,3 +124,11 @@ def _table(report: dict[str, object]) -> None:
         symbol = "$" if saved["currency"] == "USD" else f"{saved['currency']} "
         parts = ", ".join(f"{symbol}{_money(cost)} (vs {name})" for name, cost in vs.items())
         click.echo(f"Estimated cloud cost saved: {parts}")
+    routing = report.get("routing")
+    if isinstance(routing, dict):  # requests a router policy answered (serve --policy)
+        click.echo(
+            f"Routed by policy: {routing['requests']:,} requests, {routing['answered_locally']:,} "
+            f"answered locally, {routing['escalated']:,} escalated (remote cost "
+            f"${_money(routing['remote_cost_usd'])}, saved ${_money(routing['saved_usd'])} "
+            "at the targets' prices)"
+        )
