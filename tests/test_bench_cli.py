@@ -187,6 +187,11 @@ def test_bench_checks_every_model_before_measuring(stored_home: Path) -> None:
         (("--repetitions", "0"), "invalid --repetitions 0", "pass --repetitions 1"),
         (("--backend", "tensorrt"), "unknown backend 'tensorrt'", "llama_cpp, mlx"),
         (("--n-prompt", "9000"), "needs a context of 9129", "lower --n-prompt or --n-gen"),
+        (
+            ("--n-prompt", "8", "--n-gen", "4"),
+            "--n-prompt 8 + --n-gen 4 is a context of 13 tokens; the smallest Locara loads is 16",
+            "pass --n-prompt 11 or more",
+        ),
         (("--plot", "out.jpg"), "must end in .png", "--plot"),
     ],
 )

@@ -42,6 +42,7 @@ from locara.errors import (
     StoreError,
     UsageError,
 )
+from locara.planner.plan import MIN_EXPLICIT_CTX
 from locara.registry.catalog import Registry
 from locara.registry.manifest import Artifact, ModelManifest
 from locara.registry.refs import ModelRef, parse_ref
@@ -82,6 +83,12 @@ class BenchParams:
                 )
         if self.n_threads is not None and self.n_threads < 1:
             raise UsageError(f"invalid --threads {self.n_threads}", "pass --threads 1 or more")
+        if self.n_ctx < MIN_EXPLICIT_CTX:
+            raise UsageError(
+                f"--n-prompt {self.n_prompt} + --n-gen {self.n_gen} is a context of "
+                f"{self.n_ctx} tokens; the smallest Locara loads is {MIN_EXPLICIT_CTX}",
+                f"pass --n-prompt {MIN_EXPLICIT_CTX - self.n_gen - 1} or more",
+            )
         return self
 
 
