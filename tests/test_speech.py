@@ -227,6 +227,9 @@ def test_ls_rm_and_usage_treat_it_like_any_model(tmp_path: Path, speech: Path) -
     usage = json.loads(run_cli("usage", "--json", home=home).stdout)
     (row,) = usage["models"]
     assert row["model"] == MODEL and row["audio_s"] > 8 and row["images"] == 0
+    cleanup = json.loads(run_cli("cleanup", "--json", home=home).stdout)["models"]
+    tree = next(m for m in cleanup if not m["part_of"])
+    assert tree["model"] == MODEL and tree["status"] == "active" and tree["last_used"]
     assert run_cli("rm", MODEL, home=home).returncode == 0
     assert json.loads(run_cli("ls", "--json", home=home).stdout) == []
     # from its package again, verified, on the next use
