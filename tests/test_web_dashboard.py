@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from adapter_material import base_shapes, factors, target_names, write_lora
 from conftest import run_cli
 from locara.ledger.db import UsageDB
 from loopback_server import LoopbackServer, write_manifest
@@ -91,7 +92,10 @@ def registry(files: Files, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(
-    shared_home: Path, registry: Path, tmp_path_factory: pytest.TempPathFactory
+    shared_home: Path,
+    registry: Path,
+    default_gguf: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningServer]:
     base = tmp_path_factory.mktemp("web")
     home = clone_home(shared_home, base / "home")
@@ -100,6 +104,12 @@ def server(
     (docs / f"{XSS_FILE}.md").write_text(RIVERS)
     (docs / "cities.txt").write_text("Berlin is the capital of Germany.\n")
     added = run_cli("rag", "add", "geo", str(docs), home=home)
+    assert added.returncode == 0, added.stderr
+    # A LoRA adapter for the bundled model (random factors, as tests/test_adapters.py makes).
+    lora = write_lora(
+        base / "tiny.gguf", factors(base_shapes(default_gguf), target_names(), 4, 1), 8.0
+    )
+    added = run_cli("adapter", "add", str(lora), "--base", MODEL, "--id", "tiny", home=home)
     assert added.returncode == 0, added.stderr
     with running_server(home, {"LOCARA_REGISTRY_PATH": str(registry)}) as s:
         yield s
@@ -254,25 +264,29 @@ def test_an_answer_from_documents_links_its_citations_to_the_quoted_span(
     page = web.page
     open_chat(page, server.url, max_tokens="64")
     page.wait_for_selector("#chat-collection option[value='geo']", state="attached")
-    # Pickers appear only for features the server has: collections yes, adapters (no
-    # listing route yet) no.
-    assert page.is_visible("#chat-collection") and page.is_hidden("#chat-adapter")
+    assert page.is_visible("#chat-collection")
     page.select_option("#chat-collection", "geo")
     send(page, "Which cities does the Danube flow through?")
     _, meta = last_answer(page)
     assert "tok/s" in meta, meta
     cites = page.locator("#chat-log li.assistant").last.locator("ol.cites li")
-    assert cites.count() >= 1
-    first = cites.first
-    assert first.locator("strong").inner_text().endswith(f"{XSS_FILE}.md")  # the name is text
-    assert first.locator("blockquote").inner_text() in RIVERS  # the quoted span, verbatim
-    marker = page.locator("#chat-log li.assistant").last.locator("a.cite").first
-    marker.click()  # a marker in the answer jumps to its quote
+    rivers = cites.filter(has_text=f"{XSS_FILE}.md")  # the file named like markup, as text
+    assert rivers.count() == 1
+    assert rivers.locator("blockquote").inner_text() in RIVERS  # the quoted span, verbatim
+    assert page.locator("#chat-log img").count() == 0
+    # A marker "[n]" in the text links to citation n's quote. (The model does not always
+    # write markers that match, so this part replays the real citations with a known text.)
+    convo = json.loads(page.evaluate("localStorage.getItem('locara.chat')"))
+    answer = convo["messages"][-1]
+    n = next(c["n"] for c in answer["citations"] if c["path"].endswith(f"{XSS_FILE}.md"))
+    answer["content"] = f"It flows through Vienna [{n}]."
+    page.evaluate(f"localStorage.setItem('locara.chat', {json.dumps(json.dumps(convo))})")
+    page.reload()
+    marker = page.locator("#chat-log li.assistant").last.locator("a.cite")
+    marker.click()
     target = marker.get_attribute("href") or ""
     assert page.evaluate("location.hash") == target
     assert page.locator(f"[id='{target[1:]}'] blockquote").inner_text() in RIVERS
-    assert page.locator("#chat-log img").count() == 0
-    page.select_option("#chat-collection", "")
 
 
 def test_the_keyboard_alone_switches_tabs_sends_and_stops(
@@ -305,6 +319,28 @@ def test_the_keyboard_alone_switches_tabs_sends_and_stops(
     page.keyboard.press("Escape")
     _, meta = last_answer(page)
     assert meta == "stopped"
+
+
+def test_an_adapter_is_offered_for_its_base_and_applied(
+    web: Watched, server: RunningServer
+) -> None:
+    r = httpx.post(f"{server.url}/api/pull", json={"model": "broken", "stream": False}, timeout=60)
+    assert r.status_code == 200, r.text  # a second model in the picker, with no adapter
+    page = web.page
+    open_chat(page, server.url, max_tokens="8")
+    page.select_option("#chat-model", MODEL)
+    page.wait_for_selector("#chat-adapter option[value='tiny']", state="attached")
+    assert page.is_visible("#chat-adapter")
+    page.select_option("#chat-model", "broken")  # another base: no adapter for it
+    assert page.is_hidden("#chat-adapter")
+    page.select_option("#chat-model", MODEL)
+    page.select_option("#chat-adapter", "tiny")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        send(page, "Name the capital city of France.")
+    assert json.loads(sent.value.post_data or "{}")["adapters"] == ["tiny"]
+    answer, meta = last_answer(page)
+    assert answer and not meta.startswith("error"), meta
+    page.select_option("#chat-adapter", "")
 
 
 # -- models ------------------------------------------------------------------------------

@@ -128,8 +128,10 @@ async def plan(
 @router.get("/api/locara/models")
 async def models(request: Request) -> dict[str, Any]:
     """Stored models (size, quant, license, last use, pinning apps), the curated catalog,
-    and the virtual model names of the router policy (``locara serve --policy``), if any."""
+    LoRA adapters (with the base each is bound to), and the virtual model names of the
+    router policy (``locara serve --policy``), if any."""
     from locara.cli.cleanup import inventory
+    from locara.ecology.adapters import AdapterRegistry
     from locara.registry.catalog import Registry
 
     svc = service(request)
@@ -163,8 +165,23 @@ async def models(request: Request) -> dict[str, Any]:
                     "license": entry.get("license"),
                 }
             )
+        adapters = [
+            {
+                "id": a.id,
+                "base_model": a.base.model_id,
+                "base_sha256": a.base.sha256,
+                "task": a.task,
+                "license": a.license,
+            }
+            for a in AdapterRegistry(settings).all()
+        ]
         catalog_list = sorted(catalog.values(), key=lambda c: c["id"])
-        return {"stored": stored, "catalog": catalog_list, "policies": policies}
+        return {
+            "stored": stored,
+            "catalog": catalog_list,
+            "adapters": adapters,
+            "policies": policies,
+        }
 
     return await asyncio.to_thread(work)
 

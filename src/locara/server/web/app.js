@@ -249,7 +249,7 @@ function markdown(text, cite) {
 const chat = {
   state: { model: "", system: "", temperature: 0.7, maxTokens: "", messages: [] },
   controller: null,   // the AbortController of the answer being streamed
-  features: { adapters: null, collections: null },
+  adapters: [],       // LoRA adapters from /api/locara/models, offered for their base
 };
 
 function saveChat() { localStorage.setItem(CHAT_KEY, JSON.stringify(chat.state)); }
@@ -312,27 +312,27 @@ async function loadChatModels() {
   const wanted = [chat.state.model, ...recent.map((m) => m.model)].find((n) => n && [...names, ...models.policies].includes(n));
   if (wanted) select.value = wanted;
   chat.state.model = select.value;
+  chat.adapters = models.adapters;
+  showAdapters();
 }
 
-// Adapters and document collections come from other parts of Locara: their pickers
-// appear only when the server's OpenAPI document lists a route for them.
-async function detectFeatures() {
-  let paths;
-  try { paths = Object.entries((await getJSON("/openapi.json")).paths || {}); } catch { return; }
-  const find = (re) => paths.find(([p, ops]) => re.test(p) && ops.get && !p.includes("{"));
-  const items = async (found) => {
-    if (!found) return null;
-    const data = await getJSON(found[0]).catch(() => null);
-    const list = Array.isArray(data) ? data : Object.values(data || {}).find(Array.isArray) || [];
-    return list.map((x) => (typeof x === "string" ? x : x.id || x.name || x.collection)).filter(Boolean);
-  };
-  chat.features.adapters = await items(find(/\/adapters$/));
-  chat.features.collections = await items(find(/(rag|collections)/));
-  for (const [key, id] of [["adapters", "adapter"], ["collections", "collection"]]) {
-    const values = chat.features[key];
-    $(`#chat-${id}-label`).hidden = !values;
-    if (values) $(`#chat-${id}`).replaceChildren(el("option", { value: "" }, "none"), ...values.map((v) => el("option", { value: v }, v)));
-  }
+// LoRA adapters bound to the chosen model (by its id); hidden when there are none.
+function showAdapters() {
+  const fits = (chat.adapters || []).filter((a) => a.base_model === $("#chat-model").value);
+  const select = $("#chat-adapter");
+  const keep = select.value;
+  $("#chat-adapter-label").hidden = !fits.length;
+  select.replaceChildren(el("option", { value: "" }, "none"), ...fits.map((a) => el("option", { value: a.id }, a.task ? `${a.id} (${a.task})` : a.id)));
+  if (fits.some((a) => a.id === keep)) select.value = keep;
+}
+
+// Document collections (locara rag): the picker shows them, or stays hidden when this
+// server has none or no RAG support at all.
+async function loadCollections() {
+  let names = [];
+  try { names = (await getJSON("/v1/rag")).data.map((c) => c.collection); } catch { /* none here */ }
+  $("#chat-collection-label").hidden = !names.length;
+  $("#chat-collection").replaceChildren(el("option", { value: "" }, "none"), ...names.map((v) => el("option", { value: v }, v)));
 }
 
 function setBusy(busy) {
@@ -670,7 +670,7 @@ async function start(signedIn = false) {
   $("#logout").hidden = !sessionStorage.getItem(TOKEN_KEY);
   $("#server-status").textContent = "online";
   loadChat();
-  await detectFeatures();
+  await loadCollections();
   const tab = location.hash.slice(1);
   selectTab(TABS.includes(tab) ? tab : "chat");
 }
@@ -685,7 +685,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#chat-form").addEventListener("submit", send);
   $("#chat-stop").addEventListener("click", stop);
   $("#chat-clear").addEventListener("click", () => { stop(); chat.state.messages = []; saveChat(); renderLog(); });
-  $("#chat-model").addEventListener("change", () => { chat.state.model = $("#chat-model").value; saveChat(); });
+  $("#chat-model").addEventListener("change", () => { chat.state.model = $("#chat-model").value; saveChat(); showAdapters(); });
   $("#chat-input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("#chat-form").requestSubmit(); }
   });
