@@ -581,6 +581,17 @@ def test_wrong_token_asks_to_sign_in_again(
             page.click("#login-form button")
             page.wait_for_selector(f"#chat-model option[value='{MODEL}']", state="attached")
             assert page.evaluate("sessionStorage.getItem('locara.token')") == token
+            # The page's requests carry the token: the ledger books them under its app,
+            # and the Usage tab filters by it.
+            page.click("#chat-settings summary")
+            page.fill("#chat-max-tokens", "8")
+            send(page, "Name the capital city of France.")
+            assert not last_answer(page)[1].startswith("error")
+            page.click("#tab-usage")
+            page.locator("#usage-app option[value='web']").wait_for(state="attached")
+            page.select_option("#usage-app", "web")
+            expect(page.locator("#recent-table tbody tr")).to_have_count(1)
+            assert "web" in page.inner_text("#recent-table tbody")
             assert token not in json.dumps(page.evaluate("Object.entries(localStorage)"))
             # A token revoked (or replaced) while the page is open: back to the login.
             page.evaluate("sessionStorage.setItem('locara.token', 'revoked')")
