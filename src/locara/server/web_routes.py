@@ -52,8 +52,11 @@ def _asset(name: str, media_type: str) -> Response:
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def root(request: Request) -> Response:
     if "text/html" in request.headers.get("accept", ""):
-        return _asset("index.html", "text/html; charset=utf-8")
-    return PlainTextResponse("Locara is running")
+        page = _asset("index.html", "text/html; charset=utf-8")
+    else:
+        page = PlainTextResponse("Locara is running")
+    page.headers["Vary"] = "Accept"  # one URL, two answers: caches must keep both
+    return page
 
 
 @router.api_route("/web/{name}", methods=["GET", "HEAD"], include_in_schema=False)
