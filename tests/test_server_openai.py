@@ -389,6 +389,24 @@ def test_chat_with_an_embedding_model_is_refused_before_loading(server: RunningS
     ]
 
 
+@pytest.mark.parametrize(
+    ("model", "what"),
+    [("whisper-tiny.en", "speech-to-text model"), ("rapidocr-ppocrv4", "OCR model")],
+)
+def test_chat_with_a_speech_or_ocr_model_is_refused_before_loading(
+    server: RunningServer, model: str, what: str
+) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    assert what in r.json()["error"]["message"]
+    loaded = httpx.get(f"{server.url}/api/ps").json()["models"]
+    assert not [m for m in loaded if m["model"].startswith(model)]
+
+
 def _idle(server: RunningServer) -> bool:
     text = httpx.get(f"{server.url}/metrics").text
     return metric(text, "locara_in_flight_requests", model=MODEL, mode="generation") == 0

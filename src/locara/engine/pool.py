@@ -176,9 +176,13 @@ class ModelPool:
         *,
         n_ctx: int | None = None,
         embedding: bool = False,
+        media: bool = False,
         keep_alive_s: float | None = None,
     ) -> Lease:
         """A lease on ``reference`` loaded as planned, with at least ``n_ctx`` context.
+
+        ``embedding``: for embeddings; ``media``: for transcription or OCR; else for
+        generation (a model that cannot generate is refused before it is loaded).
 
         Raises ServerBusyError when the model's queue is full, UsageError for a context
         the model cannot have, NoFitError when its plan does not fit the memory budget.
@@ -186,7 +190,13 @@ class ModelPool:
         self._drop_lost_remote()
         request = PlanRequest(
             n_ctx=n_ctx,
-            features=frozenset({"embeddings" if embedding else "generation"}),
+            features=(
+                frozenset({"embeddings"})
+                if embedding
+                else frozenset()
+                if media
+                else frozenset({"generation"})
+            ),
             default_ctx=self.config.default_ctx,
             memory_budget_bytes=self.config.budget_bytes,
             n_parallel=None if embedding else self.config.n_parallel,

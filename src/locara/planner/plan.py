@@ -208,18 +208,30 @@ class Plan:
         }
 
 
+# Models that answer no chat: what they are, and what to use them for.
+_NOT_GENERATING = {
+    "embedding": ("an embedding model", "embed with it (/v1/embeddings, /api/embed)"),
+    "stt": (
+        "a speech-to-text model",
+        "transcribe with it (locara transcribe, /v1/audio/transcriptions)",
+    ),
+    "ocr": ("an OCR model", "read images with it (locara ocr, /v1/ocr)"),
+}
+
+
 def check_request(manifest: ModelManifest, request: PlanRequest) -> None:
     """Refuse explicit options no plan can honour, with the range that is accepted.
 
     ``plan_model`` clamps a context beyond the trained one (``locara plan`` shows what
     would happen); a load refuses it instead, so a typo never silently runs something else.
     """
-    if "generation" in request.features and manifest.modality == "embedding":
+    if "generation" in request.features and manifest.modality in _NOT_GENERATING:
         # Before anything is fetched or loaded: loading it as a chat model first would
         # only end in the same refusal, seconds (or a download) later.
+        what, use = _NOT_GENERATING[manifest.modality]
         raise UnsupportedFeatureError(
-            f"{manifest.id} is an embedding model: it does not generate text",
-            "embed with it (/v1/embeddings, /api/embed), or chat with another model: locara ls",
+            f"{manifest.id} is {what}: it does not generate text",
+            f"{use}, or chat with another model: locara ls",
         )
     trained = manifest.context_length
     n = request.n_ctx

@@ -118,7 +118,7 @@ async def transcriptions(
     try:
         # A file that is not audio is refused before any model is loaded.
         await in_thread(audio.probe, path, name="locara-probe")
-        lease = await svc.lease(reference, caller)
+        lease = await svc.lease(reference, caller, media=True)
         model_id = lease.handle.resolved.manifest.id
         req = TranscribeRequest(language, prompt, temperature, words)
         try:
@@ -217,7 +217,7 @@ async def ocr(request: Request) -> dict[str, Any]:
         svc, reference, "ocr", f"read text with {DEFAULT_OCR_MODEL}, or list models: locara ls"
     )
     image = await in_thread(open_image, data, what, settings, name="locara-image")
-    lease = await svc.lease(reference, caller)
+    lease = await svc.lease(reference, caller, media=True)
     model_id = lease.handle.resolved.manifest.id
     started = time.perf_counter()
     try:

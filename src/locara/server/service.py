@@ -64,13 +64,18 @@ class Service:
         *,
         n_ctx: int | None = None,
         embedding: bool = False,
+        media: bool = False,
         keep_alive_s: float | None = None,
     ) -> Lease:
         """A lease on a loaded model; failures are counted before they propagate."""
         try:
             return await in_thread(
                 lambda: self.pool.acquire(
-                    reference, n_ctx=n_ctx, embedding=embedding, keep_alive_s=keep_alive_s
+                    reference,
+                    n_ctx=n_ctx,
+                    embedding=embedding,
+                    media=media,
+                    keep_alive_s=keep_alive_s,
                 ),
                 name="locara-acquire",
             )
