@@ -31,7 +31,7 @@ from locara.rag.collection import (
 from locara.rag.embedder import LocalEmbedder, Vectors
 from locara.rag.extract import html_view, text_views
 from locara.rag.ingest import AddReport, add_paths
-from locara.rag.search import RRF_K, Fusion, search
+from locara.rag.search import KEYWORD_WEIGHT, RRF_K, VECTOR_WEIGHT, Fusion, search
 from locara.settings import Settings
 from rag_material import make_pdf
 
@@ -120,7 +120,7 @@ def test_a_large_file_is_chunked_in_bounded_memory(tmp_path: Path) -> None:
         n = sum(
             1
             for _ in chunk_views(
-                text_views(path, iter(lambda: f.read(1 << 20), b"")), ChunkConfig()
+                text_views(path, iter(lambda: f.read(1 << 20), b"")), ChunkConfig(800, 100)
             )
         )
     _, peak = tracemalloc.get_traced_memory()
@@ -208,8 +208,9 @@ def test_hybrid_fusion_ranks(
         q = "zyxomorph cat"
         vec = embedder.embed([q])[0]
         hits = search(col, q, vec, 4)
-        for h in hits:  # the score is exactly RRF over the ranks it reports
-            assert h.score == pytest.approx(sum(1 / (RRF_K + r) for r in h.ranks.values()))
+        w = {"keyword": KEYWORD_WEIGHT, "vector": VECTOR_WEIGHT}
+        for h in hits:  # the score is exactly weighted RRF over the ranks it reports
+            assert h.score == pytest.approx(sum(w[k] / (RRF_K + r) for k, r in h.ranks.items()))
         assert hits[0].chunk.document.path.endswith("both.txt")
         assert set(hits[0].ranks) == {"keyword", "vector"}
         # Weights: keyword-only ignores the vector index, and vice versa.

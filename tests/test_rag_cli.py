@@ -106,7 +106,7 @@ def test_kill_during_ingest_keeps_the_old_version(home: Path, tmp_path: Path) ->
 
     # The second edition takes many batches to embed: kill the writer in the middle.
     doc.write_text(
-        "".join(f"Chapter {i} is about the habits of bird number {i}.\n\n" * 8 for i in range(120))
+        "".join(f"Chapter {i} is about the habits of bird number {i}.\n\n" * 8 for i in range(110))
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCARA_")}
     proc = subprocess.Popen(
@@ -117,7 +117,7 @@ def test_kill_during_ingest_keeps_the_old_version(home: Path, tmp_path: Path) ->
     )
     assert proc.stderr is not None
     for line in proc.stderr:
-        if line.startswith("embedded 64 chunks"):
+        if line.startswith("embedded 32 chunks"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
@@ -137,7 +137,7 @@ def test_kill_during_ingest_keeps_the_old_version(home: Path, tmp_path: Path) ->
     r = run_cli("rag", "add", "book", str(doc), home=home)
     assert r.returncode == 0 and "updated" in r.stdout, r.stderr
     with Collection.open(settings, "book") as col:
-        assert col.documents()[0].n_chunks > 64
+        assert col.documents()[0].n_chunks > 32
 
 
 def test_errors_are_one_line_with_a_hint(home: Path, tmp_path: Path) -> None:

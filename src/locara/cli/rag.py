@@ -12,6 +12,7 @@ import click
 
 from locara.cli.common import echo_json, human_size, settings
 from locara.errors import LocaraError, UsageError
+from locara.rag.search import KEYWORD_WEIGHT, VECTOR_WEIGHT
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?i?b?)", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
@@ -33,12 +34,16 @@ def _fusion(keyword_weight: float, vector_weight: float) -> Any:
 
 _weights = [
     click.option(
-        "--keyword-weight", type=float, default=1.0, show_default=True, help="RRF weight of BM25."
+        "--keyword-weight",
+        type=float,
+        default=KEYWORD_WEIGHT,
+        show_default=True,
+        help="RRF weight of BM25 (tuned by bench/rag.py).",
     ),
     click.option(
         "--vector-weight",
         type=float,
-        default=1.0,
+        default=VECTOR_WEIGHT,
         show_default=True,
         help="RRF weight of the vector search.",
     ),

@@ -32,8 +32,8 @@ _BREAKS = (
 class ChunkConfig:
     """Chunk size and overlap in characters (tuned on the dev split of bench/rag.py)."""
 
-    size: int = 800
-    overlap: int = 100
+    size: int = 1200
+    overlap: int = 150
 
     def __post_init__(self) -> None:
         if self.size < 50 or not 0 <= self.overlap < self.size // 2:

@@ -28,7 +28,7 @@ from locara.rag.collection import (
     collection_names,
     documents_store,
 )
-from locara.rag.search import Fusion, Hit, search
+from locara.rag.search import KEYWORD_WEIGHT, VECTOR_WEIGHT, Fusion, Hit, search
 from locara.server.common import app_name, service
 from locara.server.errors import HTTPError, error_body, validation_message
 from locara.server.service import Caller, Service
@@ -45,8 +45,8 @@ class _Body(BaseModel):
 
 class _Retrieval(_Body):
     k: int = Field(default=5, ge=1, le=100)
-    keyword_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    vector_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    keyword_weight: float = Field(default=KEYWORD_WEIGHT, ge=0, allow_inf_nan=False)
+    vector_weight: float = Field(default=VECTOR_WEIGHT, ge=0, allow_inf_nan=False)
 
     def fusion(self) -> Fusion:
         return Fusion(keyword_weight=self.keyword_weight, vector_weight=self.vector_weight)
@@ -72,8 +72,8 @@ class RagExtra(_Body):
 
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(default=5, ge=1, le=100)
-    keyword_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    vector_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    keyword_weight: float = Field(default=KEYWORD_WEIGHT, ge=0, allow_inf_nan=False)
+    vector_weight: float = Field(default=VECTOR_WEIGHT, ge=0, allow_inf_nan=False)
 
 
 def _open(settings: Settings, name: str) -> Collection:
