@@ -278,10 +278,17 @@ def test_vision_model_images_checked_before_loading(
 
 
 def test_projector_model_reaches_the_worker_boundary(server: RunningServer) -> None:
+    """UNTESTED END TO END (no vision GGUF offline): tiny-vision's "projector" is a text
+    model, so llama.cpp's multimodal loader, handed it with --mmproj, refuses it. That
+    refusal is the proof the worker got the projector; the server says so and lives."""
     url = data_uri(png(render_text(OCR_LINES[:1])))
     r = chat(server, "tiny-vision", url)
-    err = assert_one_line_400(r, "cannot pass images to it yet")
-    assert "--mmproj" in err["hint"]
+    assert r.status_code == 500, r.text
+    err = r.json()["error"]
+    assert "llama-server for tiny-vision stopped while starting" in err["message"]
+    assert "mmproj.gguf" in err["message"] and "multimodal" in err["message"]
+    assert "\n" not in err["message"] and "see its log" in err["hint"]
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     ollama = httpx.post(
         f"{server.url}/api/chat",
         json={
@@ -322,3 +329,16 @@ def test_listed_once_and_refused_for_chat(server: RunningServer, speech: Path) -
         timeout=120,
     )
     assert r.status_code == 400 and "is a speech-to-text model" in r.json()["error"]
+
+
+def test_images_reach_the_worker_as_image_url_parts_before_the_text() -> None:
+    from locara.backends.worker_tools import chat_body
+
+    image = png(render_text(OCR_LINES[:1]))
+    msg = Message("user", "read this", images=(image,))
+    (sent,) = chat_body(GenerationRequest(messages=(msg,)))["messages"]
+    first, text = sent["content"]
+    assert text == {"type": "text", "text": "read this"}
+    assert first["type"] == "image_url"
+    head, _, payload = first["image_url"]["url"].partition(",")
+    assert head == "data:image/png;base64" and base64.b64decode(payload) == image

@@ -116,6 +116,7 @@ class WorkerConfig:
     # no tools). Locara renders every other prompt itself, so nothing else changes.
     chatml_fallback: bool = False
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers that take the offloaded layers
+    mmproj: Path | None = None  # a vision projector: images in chat messages
 
     def argv(self, binary: Path, socket_path: Path) -> list[str]:
         """The command line; the API key travels in the environment, out of ``ps``."""
@@ -148,6 +149,10 @@ class WorkerConfig:
             "--no-webui",
             "--jinja",  # the model's own template, so llama.cpp can parse its tool calls
         ] + (["--rpc", ",".join(self.rpc)] if self.rpc else []) + (
+            ["--mmproj", str(self.mmproj)]
+            + (["--no-mmproj-offload"] if self.n_gpu_layers == 0 else [])
+            if self.mmproj else []
+        ) + (
             ["--chat-template", "chatml"] if self.chatml_fallback
             else ["--chat-template-file", str(self.chat_template_file)] if self.chat_template_file
             else []
@@ -516,11 +521,25 @@ class LlamaServerBackend:
             n_batch=opts.n_batch,
             chat_template_file=template_file,
             rpc=opts.rpc_servers,
+            mmproj=_projector(path, manifest),
         )
         template = manifest.config.chat_template or info.chat_template
         return LlamaServerModel(
             LlamaServerWorker(binary, config, log_path=log_path), manifest, template
         )
+
+
+def _projector(path: Path, manifest: ModelManifest) -> Path | None:
+    """The vision projector stored beside the model file ``path``, if its artifact has one
+    (a multi-file artifact's files sit side by side, under their own names)."""
+    for _, art in manifest.all_artifacts():
+        primary = art.primary_file
+        if primary is None or primary.name != path.name:
+            continue
+        for f in art.files or ():
+            if f.role == "mmproj" and (path.parent / f.name).is_file():
+                return path.parent / f.name
+    return None
 
 
 def _write_template(source: str, log_path: Path | None, model_id: str) -> Path:
@@ -570,6 +589,7 @@ class LlamaServerModel:
             json_schema=True,
             tools=False,
             logprobs=True,
+            vision=worker.config.mmproj is not None,
         )
         self._closed = False
         self._vocab = _Vocab(worker.config.model_path)
@@ -759,17 +779,30 @@ class LlamaServerModel:
         )  # fmt: skip
 
     def _on_chat_path(self, req: GenerationRequest) -> bool:
-        """Tools offered, or earlier calls this model's template can render: llama.cpp's
-        chat route. (Without tool support, earlier calls are seen as their texts only.)"""
-        return bool(req.tools) or (req.uses_tools and self.capabilities.tools)
+        """Tools offered, earlier calls this model's template can render, or images:
+        llama.cpp's chat route. (Without tool support, earlier calls are seen as their
+        texts only.) Images go there as image_url parts: llama.cpp's projector turns
+        them into tokens, which Locara cannot count or render itself."""
+        return (
+            bool(req.tools)
+            or (req.uses_tools and self.capabilities.tools)
+            or any(m.images for m in req.messages)
+        )
 
     def _stream_chat(self, req: GenerationRequest) -> Iterator[Chunk]:
         """A request with tools: llama.cpp renders, constrains and parses the calls
         (see ``worker_tools``); the chunks are Locara's as on ``/completion``."""
-        if not self.capabilities.tools:
+        if req.tools and not self.capabilities.tools:
             raise UnsupportedFeatureError(*self.capabilities.no_tools)
+        if any(m.images for m in req.messages) and not self.capabilities.vision:
+            raise UnsupportedFeatureError(
+                f"{self.manifest.id} was loaded without a vision projector",
+                "send text only, or use a model whose artifact has an mmproj file",
+            )
         if req.logprobs is not None:
-            raise UsageError("logprobs are not available with tool calls", "omit logprobs")
+            raise UsageError(
+                "logprobs are not available with tool calls or images", "omit logprobs"
+            )
         for tool in req.tools:
             check_schema(tool.parameters)  # its grammar costs what a response format's does
         facts = self._vocab.facts

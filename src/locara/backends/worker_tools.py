@@ -19,6 +19,7 @@ forge a turn. Such text is refused here before anything is sent, as
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -86,7 +87,13 @@ def check_request_text(
 
 
 def _message(m: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    content: Any = m.content
+    if m.images:
+        # OpenAI content parts: the images, then the text (as the chat templates order them).
+        content = [
+            {"type": "image_url", "image_url": {"url": _data_uri(img)}} for img in m.images
+        ] + [{"type": "text", "text": m.content}]
+    out: dict[str, Any] = {"role": m.role, "content": content}
     if m.tool_calls:
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -97,6 +104,21 @@ def _message(m: Message) -> dict[str, Any]:
     if m.name is not None:
         out["name"] = m.name
     return out
+
+
+_IMAGE_MAGIC = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def _data_uri(image: bytes) -> str:
+    mime = next((m for magic, m in _IMAGE_MAGIC if image.startswith(magic)), None)
+    if mime is None:
+        mime = "image/webp" if image[8:12] == b"WEBP" else "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
 
 
 def chat_body(req: GenerationRequest, extra_stops: Iterable[str] = ()) -> dict[str, Any]:

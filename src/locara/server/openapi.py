@@ -59,6 +59,9 @@ EXTRA = {
     ("post", "/api/generate"): TEMPLATE,
     ("delete", "/api/delete"): {"409": "An installed app uses this model"},
     ("get", "/api/locara/plan"): {"404": "Unknown model"},
+    ("get", "/v1/rag/{name}"): {"404": "No collection by that name"},
+    ("post", "/v1/rag/{name}/query"): {**MODEL, "404": "Unknown collection or model"},
+    ("post", "/v1/rag/{name}/ask"): {**MODEL, **TEMPLATE, "404": "Unknown collection or model"},
 }
 
 OPENAI_ERROR: dict[str, Any] = {
