@@ -379,3 +379,16 @@ def test_unreadable_file_is_refused_with_a_hint(
     (err,) = report.failed
     assert "cannot read it: Permission denied" in err.message
     assert "ls -l" in str(err.hint)
+
+
+def test_citations_with_absurd_numbers_do_not_verify(settings: Settings) -> None:
+    store = documents_store(settings)
+    sha, _ = store.put_bytes(b"hello world")
+    base = {"n": 1, "path": "x", "sha256": sha, "quote": "q"}
+    for start, end in ((0, 2**70), (2**70, 2**71), (-5, 3)):
+        ok, why = verify(store, Citation.from_dict({**base, "start": start, "end": end}))
+        assert not ok and why
+    with pytest.raises(UsageError, match="not a citation"):
+        Citation.from_dict({**base, "start": float("inf"), "end": 1})
+    with pytest.raises(UsageError, match="not a citation"):
+        Citation.from_dict({"path": "x"})

@@ -107,7 +107,7 @@ class Citation:
                 quote=str(d["quote"]),
                 page=None if d.get("page") is None else int(d["page"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidReferenceError(
                 f"not a citation: {exc}",
                 "pass citations as `locara rag ask --json` prints them "
@@ -202,6 +202,8 @@ def verify(
         actual = store.read_range(c.sha256, c.start, c.end)
     except (IntegrityError, InvalidReferenceError) as exc:
         return False, f"citation {c.n}: {exc.message}"
+    except OverflowError:
+        return False, f"citation {c.n}: byte range {c.start}-{c.end} is beyond any file"
     except OSError as exc:
         return False, f"citation {c.n}: cannot read document {c.sha256[:12]}: {exc.strerror or exc}"
     if actual != c.quote.encode("utf-8"):
