@@ -202,7 +202,7 @@ def verify(
         actual = store.read_range(c.sha256, c.start, c.end)
     except (IntegrityError, InvalidReferenceError) as exc:
         return False, f"citation {c.n}: {exc.message}"
-    except OverflowError:
+    except (OverflowError, ValueError):  # Python cannot even seek that far
         return False, f"citation {c.n}: byte range {c.start}-{c.end} is beyond any file"
     except OSError as exc:
         return False, f"citation {c.n}: cannot read document {c.sha256[:12]}: {exc.strerror or exc}"
