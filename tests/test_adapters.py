@@ -493,3 +493,12 @@ def test_the_server_applies_adapters_per_request(server: str, eco: Eco, model: M
 def test_removing_the_base_of_an_adapter_is_refused(eco: Eco) -> None:
     r = eco.cli("rm", OTHER)
     assert r.returncode == 1 and "adapter-base:tiny-f32" in r.stderr
+
+
+def test_adapters_share_the_store_but_are_not_listed_as_models(server: str, eco: Eco) -> None:
+    models = {m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]}
+    tags = {m["name"] for m in httpx.get(f"{server}/api/tags").json()["models"]}
+    assert DEFAULT_MODEL in models and f"{DEFAULT_MODEL}:latest" in tags
+    assert not {"tiny", "tiny-f32"} & models and not {"tiny:latest"} & tags
+    listed = eco.cli("ls").stdout
+    assert DEFAULT_MODEL in listed and "tiny" not in listed

@@ -12,6 +12,7 @@ from locara.cli.common import echo_json, human_size, settings
 from locara.registry.catalog import Registry
 from locara.registry.refs import parse_ref
 from locara.store.blobs import BlobStore
+from locara.store.index import NOT_MODELS
 
 
 def ago(ts: float | None) -> str:
@@ -38,8 +39,11 @@ def ls(as_json: bool, show_all: bool) -> None:
     rows: list[dict[str, Any]] = []
     stored_ids: set[str] = set()
     for rec in store.index.blobs() if cfg.db_path.exists() else []:
+        meta = store.read_meta(rec.sha256) or {}
+        if meta.get("kind") in NOT_MODELS:
+            continue  # an adapter or a task suite: locara adapter ls lists adapters
         stored_ids.add(rec.model_id or "")
-        tree = (store.read_meta(rec.sha256) or {}).get("part_of")
+        tree = meta.get("part_of")
         if isinstance(tree, str) and store.find(tree) is not None:
             continue  # one file of a multi-file artifact: listed as that artifact
         rows.append(

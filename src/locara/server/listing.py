@@ -20,6 +20,7 @@ from locara.registry.catalog import Registry
 from locara.registry.manifest import Artifact, ModelManifest
 from locara.settings import Settings
 from locara.store.blobs import BlobStore
+from locara.store.index import NOT_MODELS
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ def available_models(settings: Settings) -> list[ModelEntry]:
     for rec in records:
         if not rec.model_id:
             continue
-        tree = (store.read_meta(rec.sha256) or {}).get("part_of")
+        meta = store.read_meta(rec.sha256) or {}
+        if meta.get("kind") in NOT_MODELS:
+            continue  # adapters and task suites share the store; they are not models
+        tree = meta.get("part_of")
         if isinstance(tree, str) and store.find(tree) is not None:
             continue  # one file of a multi-file artifact: listed as that artifact
         manifest = manifest_of(rec.model_id)

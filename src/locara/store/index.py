@@ -52,6 +52,8 @@ APP_PREFIX = "app:"
 # Held on a base model by each adapter bound to it: GC keeps the base, and a load of it
 # plans the runtime that applies adapters.
 ADAPTER_BASE_PREFIX = "adapter-base:"
+# Blobs that share the store but are not models (meta.json "kind"): never listed as models.
+NOT_MODELS = frozenset({"adapter", "suite"})
 
 
 @dataclass(frozen=True)
