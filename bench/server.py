@@ -53,7 +53,7 @@ from typing import Any
 import httpx
 import psutil
 
-from locara.backends.llama_cpp import SPIN_COUNT
+from locara import SPIN_COUNT
 from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
 from locara.engine.loader import ResolvedModel, resolve
 from locara.planner.plan import Plan, PlanRequest

@@ -47,12 +47,6 @@ from locara.errors import (
 if TYPE_CHECKING:
     from locara.registry.manifest import ModelManifest
 
-# Iterations an OpenMP thread spins before it sleeps (libgomp's default: 300,000). Short
-# enough that a thread whose partner lost its core yields the CPU instead of burning it,
-# long enough that operations that finish together never sleep (measured: 2 decode
-# threads on 2 cores beside a busy process, 2.3 tok/s with the default, 22 with 2,000).
-SPIN_COUNT = "2000"
-
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 
 
@@ -81,8 +75,6 @@ class LlamaCppBackend:
         from locara.device.gguf_meta import read_gguf
 
         info = read_gguf(path)  # not-GGUF and truncated files fail here, cleanly
-        # OpenMP reads this once, when llama.cpp's library is first loaded.
-        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
         try:
             import llama_cpp
         except ImportError as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from locara.backends.llama_cpp import SPIN_COUNT
+from locara import SPIN_COUNT
 from locara.errors import BackendUnavailableError
 
 ENV_VAR = "LOCARA_LLAMA_SERVER"
@@ -150,6 +150,6 @@ def worker_environment(binary: WorkerBinary) -> dict[str, str]:
     # stray one in the user's shell must not change what the plan decided.
     for name in [k for k in env if k.startswith("LLAMA_ARG_") or k == "LLAMA_API_KEY"]:
         del env[name]
-    # Spin briefly, then sleep (see llama_cpp.SPIN_COUNT); the user's own setting wins.
+    # Spin briefly, then sleep (see locara.SPIN_COUNT); the user's own setting wins.
     env.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     return env
