@@ -176,7 +176,7 @@ def bench_install(work: Path, reps: int, big: Path, big_sha: str) -> None:
                 {
                     "id": mid, "version": "1", "displayName": mid, "license": "MIT",
                     "modality": "chat", "context_length": 512,
-                    "artifacts": {"llamacpp": {"format": "gguf", "url": path.as_uri(),
+                    "artifacts": {"llama_cpp": {"format": "gguf", "url": path.as_uri(),
                                                "sha256": sha, "size_bytes": blob.size_bytes}},
                 }
             )

@@ -265,7 +265,7 @@ def write_manifest(
         "license": "Apache-2.0",
         "modality": "chat",
         "context_length": 8192,
-        "artifacts": {"llamacpp": [{"format": "gguf", "quant": "Q4_1", **artifact}]},
+        "artifacts": {"llama_cpp": [{"format": "gguf", "quant": "Q4_1", **artifact}]},
         **fields,
     }
     path = directory / f"{model_id}.json"

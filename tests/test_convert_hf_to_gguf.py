@@ -36,7 +36,7 @@ def test_f16_output_is_the_pinned_default_embedding_model(
 ) -> None:
     out = converted_minilm_gguf(tmp_path_factory, "f16")
     manifest = Registry(Settings.from_env({"LOCARA_HOME": "/nonexistent"})).get("all-minilm-l6-v2")
-    art = manifest.artifact_list("llamacpp")[0]
+    art = manifest.artifact_list("llama_cpp")[0]
     sha, size = hash_file(out)
     assert (sha, size) == (art.sha256, art.size_bytes)  # deterministic: pinned from the file
 

@@ -29,7 +29,7 @@ def _manifest(dir_: Path, model_id: str, source: Path, sha: str, size: int) -> N
                 "modality": "chat",
                 "context_length": 2048,
                 "artifacts": {
-                    "llamacpp": {
+                    "llama_cpp": {
                         "format": "gguf",
                         "quant": "Q4_1",
                         "url": source.as_uri(),
@@ -163,7 +163,7 @@ def test_missing_model_package_names_the_install_command(
                 "modality": "chat",
                 "context_length": 512,
                 "artifacts": {
-                    "llamacpp": {
+                    "llama_cpp": {
                         "format": "gguf",
                         "sha256": "1" * 64,
                         "size_bytes": 10,

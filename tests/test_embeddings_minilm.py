@@ -52,7 +52,7 @@ def test_first_use_converts_stores_and_records_lineage(
     handle: ModelHandle, embed_home: Path
 ) -> None:
     manifest = handle.resolved.manifest
-    art = manifest.artifact_list("llamacpp")[0]
+    art = manifest.artifact_list("llama_cpp")[0]
     assert manifest.modality == "embedding"
     assert any(s.startswith("derived://") for s in art.sources)
     # The store verified the converter's output against the pinned digest.
@@ -164,7 +164,7 @@ def test_a_package_of_another_version_is_refused(tmp_path: Path) -> None:
     """The derivation pins its parent: different weights are not silently converted."""
     builtin = Registry(Settings.from_env({"LOCARA_HOME": str(tmp_path)})).get("all-minilm-l6-v2")
     data = json.loads(builtin.model_dump_json(by_alias=True, exclude_none=True))
-    art = data["artifacts"]["llamacpp"][0]
+    art = data["artifacts"]["llama_cpp"][0]
     art["mirrors"] = [m.replace(PARENT_SHA, "0" * 64) for m in art["mirrors"]]
     reg = tmp_path / "registry"
     reg.mkdir()

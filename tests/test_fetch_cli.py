@@ -214,7 +214,7 @@ def test_pull_hf_shorthand_registers_and_pins(home: Path, server: LoopbackServer
     out = json.loads(res.stdout)
     assert out["sha256"] == DEFAULT_SHA and out["id"] == "org-repo-model"
     manifest = json.loads((home / "registry" / "org-repo-model.json").read_text())
-    art = manifest["artifacts"]["llamacpp"][0]
+    art = manifest["artifacts"]["llama_cpp"][0]
     assert (art["sha256"], art["size_bytes"]) == (DEFAULT_SHA, DEFAULT_SIZE)
     assert manifest["curated"] is False
     # from now on it is pinned: a changed upstream file is refused, not re-trusted

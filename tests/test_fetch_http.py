@@ -34,7 +34,7 @@ def _settings(home: Path, reg: Path, **env: str) -> Settings:
 
 def _pull(settings: Settings, model_id: str = "loop") -> Path:
     m = Registry(settings).get(model_id)
-    art = m.artifact_list("llamacpp")[0]
+    art = m.artifact_list("llama_cpp")[0]
     return ensure_artifact(BlobStore(settings), m, art, settings, None, FAST).path
 
 
@@ -170,7 +170,7 @@ def test_read_timeout_is_retried_then_reported(
     m = Registry(s).get("loop")
     opts = HttpOptions(timeout=httpx.Timeout(2.0, read=0.3), attempts=2, backoff_s=0.01)
     with pytest.raises(FetchError) as err:
-        ensure_artifact(BlobStore(s), m, m.artifact_list("llamacpp")[0], s, None, opts)
+        ensure_artifact(BlobStore(s), m, m.artifact_list("llama_cpp")[0], s, None, opts)
     assert "timed out" in err.value.message
     # the bytes that did arrive are kept for a resume
     (part,) = partial_files(s, DEFAULT_SHA)

@@ -130,7 +130,7 @@ def test_plan_rejects_an_artifact_whose_gguf_lacks_metadata(tmp_path: Path) -> N
                 "context_length": 2048,
                 "curated": False,
                 "artifacts": {
-                    "llamacpp": {
+                    "llama_cpp": {
                         "format": "gguf",
                         "quant": "F32",
                         "url": "https://example.org/bare.gguf",

@@ -60,7 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         {},
         modality="vision",
         artifacts={
-            "llamacpp": [
+            "llama_cpp": [
                 {
                     "format": "gguf",
                     "quant": "Q4_1",

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from locara.backends.registry import canonical_name, get_backend, manifest_key
+from locara.backends.registry import canonical_name, get_backend
 from locara.device.profile import DeviceProfile
 from locara.errors import UsageError
 from locara.planner.routing import route
@@ -97,9 +97,6 @@ def test_names_and_aliases() -> None:
     assert canonical_name("llamacpp") == "llama_cpp"
     assert canonical_name("llama.cpp") == "llama_cpp"
     assert canonical_name(" MLX ") == "mlx"
-    assert manifest_key("llama_cpp") == "llamacpp"
-    assert manifest_key("llama.cpp") == "llamacpp"
-    assert manifest_key("mlx") == "mlx"
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:

@@ -127,11 +127,11 @@ def _art(quant: str, size: int, fmt: str = "gguf") -> dict[str, object]:
 MODELS: dict[str, dict[str, object]] = {
     "qwen2.5-0.5b-instruct": {
         "context_length": 32768,
-        "llamacpp": [("Q4_K_M", 491_400_032), ("Q8_0", 675_710_816)],
+        "llama_cpp": [("Q4_K_M", 491_400_032), ("Q8_0", 675_710_816)],
     },
     "qwen2.5-7b-instruct": {
         "context_length": 32768,
-        "llamacpp": [
+        "llama_cpp": [
             ("Q4_K_M", 4_683_074_240),
             ("Q5_K_M", 5_444_831_360),
             ("Q8_0", 8_098_525_376),
@@ -141,16 +141,16 @@ MODELS: dict[str, dict[str, object]] = {
     },
     "qwen2.5-14b-instruct": {
         "context_length": 32768,
-        "llamacpp": [("Q4_K_M", 8_988_110_976), ("Q8_0", 15_701_597_952)],
+        "llama_cpp": [("Q4_K_M", 8_988_110_976), ("Q8_0", 15_701_597_952)],
     },
     "llama-3.1-70b-instruct": {
         "context_length": 131072,
-        "llamacpp": [("Q4_K_M", 42_520_395_584)],
+        "llama_cpp": [("Q4_K_M", 42_520_395_584)],
     },
     "nomic-embed-text-v1.5": {
         "context_length": 2048,
         "modality": "embedding",
-        "llamacpp": [("Q8_0", 146_146_432)],
+        "llama_cpp": [("Q8_0", 146_146_432)],
     },
 }
 
@@ -161,7 +161,7 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelManife
     out = {}
     for model_id, spec in MODELS.items():
         arts: dict[str, object] = {
-            "llamacpp": [_art(q, s) for q, s in spec["llamacpp"]]  # type: ignore[attr-defined]
+            "llama_cpp": [_art(q, s) for q, s in spec["llama_cpp"]]  # type: ignore[attr-defined]
         }
         if "mlx" in spec:
             arts["mlx"] = [_art(q, s, "mlx") for q, s in spec["mlx"]]  # type: ignore[attr-defined]
@@ -451,7 +451,7 @@ def test_offline_device_only_plans_what_it_has(manifests: dict[str, ModelManifes
     assert not plan.ok
     assert all("offline" in r.reason for r in plan.rejected)
     # The same artifact, present on disk, is planned (from its real header) while offline.
-    stored = manifests["qwen2.5-0.5b-instruct"].artifact_list("llamacpp")[0]
+    stored = manifests["qwen2.5-0.5b-instruct"].artifact_list("llama_cpp")[0]
     assert stored.sha256
     plan = plan_model(
         manifests["qwen2.5-0.5b-instruct"],

@@ -41,7 +41,7 @@ def _two_quants(reg: Path, big_first: bool) -> None:
                 "license": "MIT",
                 "modality": "chat",
                 "context_length": 4096,
-                "artifacts": {"llamacpp": [big, small] if big_first else [small, big]},
+                "artifacts": {"llama_cpp": [big, small] if big_first else [small, big]},
             }
         )
     )

@@ -276,14 +276,14 @@ def signed(tmp_path: Path) -> tuple[Settings, Path, Ed25519PrivateKey]:
 
 def test_signed_manifest_is_accepted(signed: tuple[Settings, Path, Ed25519PrivateKey]) -> None:
     s, _, _ = signed
-    assert Registry(s).get("signed").artifact_list("llamacpp")[0].sha256 == DEFAULT_SHA
+    assert Registry(s).get("signed").artifact_list("llama_cpp")[0].sha256 == DEFAULT_SHA
 
 
 @pytest.mark.parametrize(
     "tamper",
     [
-        lambda d: d["artifacts"]["llamacpp"][0].update(sha256="1" * 64),
-        lambda d: d["artifacts"]["llamacpp"][0].update(url="https://evil.example/x.gguf"),
+        lambda d: d["artifacts"]["llama_cpp"][0].update(sha256="1" * 64),
+        lambda d: d["artifacts"]["llama_cpp"][0].update(url="https://evil.example/x.gguf"),
         lambda d: d.update(license="MIT"),
         lambda d: d.pop("signature"),
         lambda d: d.update(signature="ed25519:0000000000000000:AAAA"),
@@ -326,3 +326,16 @@ def test_without_trusted_keys_signatures_are_optional(tmp_path: Path) -> None:
         {"LOCARA_HOME": str(tmp_path / "h"), "LOCARA_REGISTRY_PATH": str(tmp_path)}
     )
     assert Registry(s).get("plain").signature is None
+
+
+def test_llama_cpp_has_one_name_and_older_manifests_still_read() -> None:
+    from locara.registry.manifest import ModelManifest
+
+    data = json.loads((REPO / "src/locara/registry/models/smollm2-135m-instruct.json").read_text())
+    assert "llama_cpp" in data["artifacts"]  # the shipped manifests say it one way
+    older = {**data, "artifacts": {"llamacpp": data["artifacts"]["llama_cpp"]}}
+    read = ModelManifest.model_validate(older)
+    assert list(read.artifacts) == ["llama_cpp"] and read.artifact_list("llama_cpp")
+    both = {**data, "artifacts": {"llamacpp": [], "llama_cpp": data["artifacts"]["llama_cpp"]}}
+    with pytest.raises(ValueError, match='both "llamacpp" and "llama_cpp"'):
+        ModelManifest.model_validate(both)

@@ -27,7 +27,7 @@ from locara.store.gc import gc, remove_blob, users_of
 
 def _store_default(settings: Settings) -> Path:
     m = Registry(settings).get(DEFAULT_MODEL)
-    art = next(a for a in m.artifact_list("llamacpp") if a.sha256 == DEFAULT_SHA)
+    art = next(a for a in m.artifact_list("llama_cpp") if a.sha256 == DEFAULT_SHA)
     return ensure_artifact(BlobStore(settings), m, art, settings).path
 
 

@@ -34,7 +34,7 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
         "pip install 'locara[media]' && pip install --no-deps rapidocr-onnxruntime==1.4.4",
     ),
 }
-# Manifests key artifacts by "llamacpp"; users and the planner may say either.
+# What users type for llama.cpp; manifests and code say llama_cpp.
 _ALIASES = {"llamacpp": "llama_cpp", "llama.cpp": "llama_cpp", "llama-cpp": "llama_cpp"}
 
 # What a user may choose with --backend; llama_server is llama_cpp's runtime, not a choice.
@@ -47,11 +47,6 @@ def canonical_name(name: str) -> str:
     if key not in _BACKENDS:
         raise UsageError(f"unknown backend {name!r}", f"choose one of: {', '.join(BACKEND_NAMES)}")
     return key
-
-
-def manifest_key(name: str) -> str:
-    """The key a manifest's ``artifacts`` uses for this backend (``llamacpp``, ``mlx``, …)."""
-    return "llamacpp" if canonical_name(name) == "llama_cpp" else canonical_name(name)
 
 
 def _instance(name: str, log_dir: Path | None = None) -> Backend:

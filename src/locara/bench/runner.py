@@ -137,7 +137,7 @@ def prepare(settings: Settings, reference: str, params: BenchParams) -> BenchTar
     context, backend and options as explicit options; a plan that does not fit this
     device, or only with a shorter context than the bench needs, is a NoFitError.
     """
-    from locara.backends.registry import manifest_key
+    from locara.backends.registry import canonical_name
     from locara.engine.loader import resolve
     from locara.planner.plan import PlanRequest
     from locara.planner.select import select_artifact
@@ -145,9 +145,9 @@ def prepare(settings: Settings, reference: str, params: BenchParams) -> BenchTar
     ref = parse_ref(reference)
     manifest = Registry(settings).get(ref.id)
     store = BlobStore(settings)
-    key = manifest_key(params.backend)
-    if params.backend == "mlx" and not manifest.artifact_list("mlx"):
-        key = "llamacpp"  # MLX reads GGUF files directly
+    key = canonical_name(params.backend)
+    if key == "mlx" and not manifest.artifact_list("mlx"):
+        key = "llama_cpp"  # MLX reads GGUF files directly
     artifact = select_artifact(manifest, ref, store, backend=key)
     sha = artifact.sha256
     label = f"{manifest.id}:{artifact.quant}" if artifact.quant and not ref.sha256 else str(ref)

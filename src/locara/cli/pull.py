@@ -26,7 +26,9 @@ def choose_artifact(
             )
         return found[1]
     if backend is None:
-        backend = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
+        backend = (
+            "llama_cpp" if "llama_cpp" in manifest.artifacts else next(iter(manifest.artifacts))
+        )
     return select_artifact(manifest, ref, store, backend)
 
 
@@ -37,7 +39,7 @@ def choose_artifact(
     default=None,
     help="The quant to fetch (Q4_K_M, Q8_0, ...): from a Hugging Face repo, or MODEL:QUANT.",
 )
-@click.option("--backend", help="Pick the artifact for this backend (llamacpp, mlx, whispercpp).")
+@click.option("--backend", help="Pick the artifact for this backend (llama_cpp, mlx, whispercpp).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def pull(model: str, quant: str | None, backend: str | None, as_json: bool) -> None:
     """Download MODEL into the store and verify it.
@@ -149,7 +151,7 @@ def adhoc_manifest(source: str) -> tuple[str, dict[str, object]]:
         "license": "NOASSERTION",
         "modality": "chat",
         "context_length": 4096,
-        "artifacts": {"llamacpp": [{"format": "gguf", "url": source}]},
+        "artifacts": {"llama_cpp": [{"format": "gguf", "url": source}]},
         "curated": False,
     }
     return model_id, data
@@ -175,7 +177,7 @@ def _pin_adhoc(model_id: str, sha256: str, size: int) -> None:
 
     path = settings().user_registry_dir / f"{model_id}.json"
     data = json.loads(path.read_text(encoding="utf-8"))
-    for art in data["artifacts"]["llamacpp"]:
+    for art in data["artifacts"]["llama_cpp"]:
         art.update(sha256=sha256, size_bytes=size)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")

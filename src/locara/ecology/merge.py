@@ -109,7 +109,7 @@ def register_merged(
     from locara.registry.names import check_model_id
 
     data = base.model_dump(by_alias=True, exclude_none=True, mode="json")
-    quant = next((a.quant for a in base.artifact_list("llamacpp") if a.quant), None)
+    quant = next((a.quant for a in base.artifact_list("llama_cpp") if a.quant), None)
     data.update(
         id=check_model_id(model_id),
         displayName=model_id,
@@ -117,7 +117,7 @@ def register_merged(
         tags=[*data.get("tags", []), "merged"],
         curated=False,
         artifacts={
-            "llamacpp": [
+            "llama_cpp": [
                 {
                     "format": "gguf",
                     **({"quant": quant} if quant else {}),

@@ -136,9 +136,8 @@ def resolve(
 
     first = plan_for(request, paths)
     backend = first.backend or request.backend or "llama_cpp"
-    # The plan's backend names its artifacts key (mlx, faster_whisper, rapidocr), except
-    # llama_cpp's, which manifests call "llamacpp".
-    key = backend if manifest.artifact_list(backend) else "llamacpp"
+    # The plan's backend names its artifacts key; MLX may read llama.cpp's GGUF files.
+    key = backend if manifest.artifact_list(backend) else "llama_cpp"
     store = BlobStore(settings)
     # A stored or bundled artifact beats a download (so the default model runs offline);
     # the plan's own pick is what gets downloaded when nothing is at hand.

@@ -39,10 +39,10 @@ def artifacts_for(
 ) -> tuple[Artifact, ...]:
     """The artifacts ``backend`` can run; ``asked`` is the backend the caller insisted on."""
     if backend == "llama_cpp":
-        return manifest.artifact_list("llamacpp")
+        return manifest.artifact_list("llama_cpp")
     # MLX reads GGUF files too: a GGUF-only model runs on MLX when MLX is asked for.
     mlx = manifest.artifact_list("mlx")
-    return mlx if mlx or asked != "mlx" else manifest.artifact_list("llamacpp")
+    return mlx if mlx or asked != "mlx" else manifest.artifact_list("llama_cpp")
 
 
 def route(

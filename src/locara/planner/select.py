@@ -24,7 +24,9 @@ def select_artifact(
     manifest's first; so the default model runs offline on a fresh machine.
     """
     if backend is None:  # llama.cpp's, else the only backend a speech or OCR model has
-        backend = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
+        backend = (
+            "llama_cpp" if "llama_cpp" in manifest.artifacts else next(iter(manifest.artifacts))
+        )
     candidates = manifest.artifact_list(backend)
     if not candidates:
         raise UsageError(
@@ -67,7 +69,7 @@ def _planned_artifact(
     wrong guess there costs gigabytes, so the plan (memory fit, the device's quant class,
     measured speeds) decides instead of the manifest's order.
     """
-    if backend not in ("llamacpp", "mlx") or len(candidates) < 2:
+    if backend not in ("llama_cpp", "mlx") or len(candidates) < 2:
         return None
     from locara.device.profile import current_device
     from locara.planner.plan import PlanRequest, plan_model
@@ -78,7 +80,7 @@ def _planned_artifact(
     plan = plan_model(
         manifest,
         device,
-        PlanRequest(backend="llama_cpp" if backend == "llamacpp" else "mlx"),
+        PlanRequest(backend=backend),
         bench_results=read_bench_results(settings.bench_results_path, device),
     )
     if plan.ok and plan.artifact is not None and plan.artifact in candidates:

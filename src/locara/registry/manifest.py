@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from locara.registry.names import check_filename, check_model_id, check_quant, check_sha256
 
@@ -25,7 +25,7 @@ Modality = Literal["chat", "embedding", "stt", "ocr", "vision"]
 ArtifactFormat = Literal["gguf", "mlx", "safetensors", "ggml", "ctranslate2", "onnx"]
 # Backends an artifact can be declared for; whisper.cpp reads the GGML speech models,
 # faster_whisper the CTranslate2 ones, rapidocr its detection/recognition ONNX graphs.
-BACKENDS = ("llamacpp", "mlx", "whispercpp", "faster_whisper", "rapidocr")
+BACKENDS = ("llama_cpp", "mlx", "whispercpp", "faster_whisper", "rapidocr")
 
 _SOURCE_SCHEMES = ("https://", "http://", "hf://", "package://", "file://", "derived://")
 
@@ -188,6 +188,17 @@ class ModelManifest(_Strict):
     # False when any hash was not read from a trusted source or computed from the file.
     curated: bool = True
     signature: str | None = None
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _one_name_for_llama_cpp(cls, value: Any) -> Any:
+        """Manifests written before llama.cpp had one name here key its artifacts
+        "llamacpp": read as "llama_cpp" (a signature covers the file as written)."""
+        if isinstance(value, dict) and "llamacpp" in value:
+            if "llama_cpp" in value:
+                raise ValueError('artifacts has both "llamacpp" and "llama_cpp": keep one')
+            value = {("llama_cpp" if k == "llamacpp" else k): v for k, v in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _has_artifacts(self) -> ModelManifest:

@@ -134,7 +134,7 @@ def _tagged(found: list[tuple[ModelEntry, Artifact | None]]) -> list[ModelEntry]
             continue
         # select_artifact's order for a bare id: the first stored llama.cpp artifact in
         # the manifest's order, else the first bundled one.
-        key = "llamacpp" if "llamacpp" in manifest.artifacts else next(iter(manifest.artifacts))
+        key = "llama_cpp" if "llama_cpp" in manifest.artifacts else next(iter(manifest.artifacts))
         order = manifest.artifact_list(key)
         for stored in (True, False):
             hits = [i for i in mine if found[i][0].stored is stored and found[i][1] in order]
