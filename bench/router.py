@@ -57,13 +57,24 @@ HARD_CAPITALS = {
     "Tajikistan": "Dushanbe", "Malawi": "Lilongwe", "Lesotho": "Maseru", "Palau": "Ngerulmud",
     "Comoros": "Moroni", "Tuvalu": "Funafuti", "Guyana": "Georgetown", "Benin": "Porto-Novo",
     "Moldova": "Chisinau", "Laos": "Vientiane", "Mongolia": "Ulaanbaatar", "Djibouti": "Djibouti",
-    "Brunei": "Bandar Seri Begawan", "Gabon": "Libreville",
+    "Brunei": "Bandar Seri Begawan", "Gabon": "Libreville", "Nauru": "Yaren",
+    "Kiribati": "Tarawa", "Burundi": "Gitega", "Sao Tome and Principe": "Sao Tome",
+    "Liechtenstein": "Vaduz", "Turkmenistan": "Ashgabat", "Belize": "Belmopan",
+    "Equatorial Guinea": "Malabo", "Micronesia": "Palikir", "Mauritania": "Nouakchott",
 }  # fmt: skip
 OPPOSITES = {
     "hot": "cold", "up": "down", "big": "small", "day": "night", "fast": "slow",
     "happy": "sad", "open": "closed", "light": "dark", "wet": "dry", "early": "late",
     "old": "new", "black": "white", "full": "empty", "hard": "soft", "rich": "poor",
     "top": "bottom", "win": "lose", "buy": "sell", "push": "pull", "true": "false",
+    "tall": "short", "thick": "thin", "strong": "weak", "inside": "outside", "left": "right",
+    "love": "hate", "young": "old", "clean": "dirty", "heavy": "light", "loud": "quiet",
+    "near": "far", "first": "last", "cheap": "expensive", "give": "take", "start": "end",
+}  # fmt: skip
+COLOURS = {
+    "a ripe banana": "yellow", "fresh grass": "green", "snow": "white", "coal": "black",
+    "the clear daytime sky": "blue", "a ripe tomato": "red", "a carrot": "orange",
+    "milk": "white", "a lemon": "yellow", "a fire truck": "red",
 }  # fmt: skip
 
 
@@ -86,10 +97,12 @@ def items() -> list[Item]:
            for c, a in EASY_CAPITALS.items()]  # fmt: skip
     out += [Item(f"What is the opposite of {w}? Answer with one word.", a, "easy")
             for w, a in OPPOSITES.items()]  # fmt: skip
+    out += [Item(f"What colour is {t}? Answer with one word.", a, "easy")
+            for t, a in COLOURS.items()]  # fmt: skip
     out += [Item(f"What is the capital of {c}? Answer with the city name only.", a, "hard")
             for c, a in HARD_CAPITALS.items()]  # fmt: skip
     rnd = random.Random(13)
-    for _ in range(30):
+    for _ in range(40):
         a, b = rnd.randint(100, 999), rnd.randint(11, 99)
         out.append(Item(f"What is {a} * {b}? Answer with the number only.", str(a * b), "hard"))
     return out
