@@ -17,7 +17,6 @@ otherwise, explicitly.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
@@ -65,15 +64,6 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
         if endpoint not in out:
             out.append(endpoint)
     return tuple(out)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _split(endpoint: str) -> tuple[str, int]:

@@ -44,14 +44,15 @@ def worker(listen: str, threads: int | None, cache: bool, unsafe: bool) -> None:
       ssh -N -L 50052:127.0.0.1:50052 gpu-box &  locara serve --rpc 127.0.0.1:50052
     """
     from locara.backends.llama_cpp import physical_cores
-    from locara.backends.rpc import is_loopback_host, parse_endpoints, rpc_server_binary
+    from locara.backends.rpc import parse_endpoints, rpc_server_binary
     from locara.backends.worker_binary import locate_llama_server, worker_environment
+    from locara.server.config import is_loopback
 
     (endpoint,) = parse_endpoints(listen) or ("",)
     if not endpoint or "," in listen:
         raise UsageError(f"invalid --listen {listen!r}", "give one address as HOST:PORT")
     host, _, port = endpoint.rpartition(":")
-    if not is_loopback_host(host) and not unsafe:
+    if not is_loopback(host) and not unsafe:
         raise UsageError(
             f"refusing to listen on {host}: llama.cpp's RPC protocol has no authentication, "
             "so anyone who reaches the port can use this machine's worker",
@@ -65,7 +66,7 @@ def worker(listen: str, threads: int | None, cache: bool, unsafe: bool) -> None:
     argv = [str(rpc), "-H", host.strip("[]"), "-p", port, "-t", str(threads or physical_cores())]
     if cache:
         argv.append("-c")
-    if not is_loopback_host(host):
+    if not is_loopback(host):
         click.echo(f"warning: listening on {host}: the RPC protocol is unauthenticated", err=True)
     sys.stdout.flush()
     # The worker replaces this process: Ctrl-C and service managers reach it directly.
