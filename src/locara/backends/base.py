@@ -290,7 +290,6 @@ class Chunk:
     text: str
     completion_tokens: int
     prompt_tokens: int
-    elapsed_s: float
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: Timings | None = None
@@ -302,7 +301,7 @@ class Chunk:
 def cancelled_chunk(prompt_tokens: int, cached: int, elapsed_s: float) -> Chunk:
     """The last chunk of a request cancelled before its first token (during the prompt)."""
     return Chunk(
-        "", 0, prompt_tokens, elapsed_s, "cancelled", Usage(prompt_tokens, 0, cached),
+        "", 0, prompt_tokens, "cancelled", Usage(prompt_tokens, 0, cached),
         Timings(prompt_s=elapsed_s, generation_s=0.0, ttft_s=elapsed_s),
     )  # fmt: skip
 

@@ -277,7 +277,7 @@ class LlamaCppModel:
                     pending.append(self._logprob(tok, req.logprobs))
                 emit, hit = scanner.feed(piece)
                 if emit:
-                    yield Chunk(emit, n_out, len(tokens), now - started, logprobs=tuple(pending))
+                    yield Chunk(emit, n_out, len(tokens), logprobs=tuple(pending))
                     pending = []
                 if hit:
                     finish = "stop"
@@ -298,9 +298,7 @@ class LlamaCppModel:
         timings = Timings(
             prompt_s=first_at - started, generation_s=end - first_at, ttft_s=first_at - started
         )
-        yield Chunk(
-            tail, n_out, len(tokens), end - started, finish, usage, timings, logprobs=tuple(pending)
-        )
+        yield Chunk(tail, n_out, len(tokens), finish, usage, timings, logprobs=tuple(pending))
 
     def _use_adapters(self, adapters: tuple[AdapterUse, ...]) -> None:
         """Make ``adapters`` the context's LoRA stack; any change drops the cached prefix.

@@ -744,7 +744,7 @@ class LlamaServerModel:
                     # process it is never counted nor given a logprob.
                     lps = self._logprobs(event, req.logprobs) if n_new else ()
                     if emit or (lps and not hit):
-                        yield Chunk(emit, n_out, len(tokens), now - started, logprobs=lps)
+                        yield Chunk(emit, n_out, len(tokens), logprobs=lps)
                     if hit:
                         finish = "stop"
                         break
@@ -774,7 +774,7 @@ class LlamaServerModel:
             float(timings["predicted_ms"]) / 1000 if "predicted_ms" in timings else end - first_at
         )
         yield Chunk(
-            tail, n_out, len(tokens), end - started, finish, usage,
+            tail, n_out, len(tokens), finish, usage,
             Timings(prompt_s=prompt_s, generation_s=gen_s, ttft_s=first_at - started),
         )  # fmt: skip
 

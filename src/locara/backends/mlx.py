@@ -222,7 +222,7 @@ class MlxModel:
                 history.append(tok)
                 emit, hit = scanner.feed(detok.feed(tok))
                 if emit:
-                    yield Chunk(emit, n_out, len(tokens), now - started)
+                    yield Chunk(emit, n_out, len(tokens))
                 if hit:
                     finish = "stop"
                     break
@@ -240,7 +240,7 @@ class MlxModel:
         timings = Timings(
             prompt_s=first_at - started, generation_s=end - first_at, ttft_s=first_at - started
         )
-        yield Chunk(tail, n_out, len(tokens), end - started, finish, usage, timings)
+        yield Chunk(tail, n_out, len(tokens), finish, usage, timings)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         raise UnsupportedFeatureError(

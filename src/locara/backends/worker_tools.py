@@ -236,7 +236,7 @@ def chat_chunks(
             emit, hit = scanner.feed(delta.get("content") or "")
             if emit or calls:
                 first_at = first_at or now
-                yield Chunk(emit, n_out, n_prompt, now - started, tool_calls=calls)
+                yield Chunk(emit, n_out, n_prompt, tool_calls=calls)
             if hit:
                 # Closing the stream (by leaving) makes the worker free the slot.
                 yield _last(req, "stop", "", n_prompt, n_out, cached, started, first_at, {})
@@ -271,6 +271,6 @@ def _last(
     prompt_s = float(timings["prompt_ms"]) / 1000 if "prompt_ms" in timings else first_at - started
     gen_s = float(timings["predicted_ms"]) / 1000 if "predicted_ms" in timings else end - first_at
     return Chunk(
-        tail, n_out, n_prompt, end - started, finish, Usage(n_prompt, n_out, cached),
+        tail, n_out, n_prompt, finish, Usage(n_prompt, n_out, cached),
         Timings(prompt_s=prompt_s, generation_s=gen_s, ttft_s=first_at - started),
     )  # fmt: skip
