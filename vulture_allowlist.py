@@ -35,13 +35,6 @@ close_cached_connections  # ledger/db.py: tests end a writer as a process exit w
 public_key_text  # registry/signing.py: the publisher's half of manifest signatures
 sign_manifest  # registry/signing.py: (no `locara` command signs yet; tests sign fixtures)
 
-# Set by every backend, read by nothing yet: what a loaded model can do. The server
-# should refuse a chat/completion request on a model that cannot (service.py, the
-# lead's); vision is being added with image input.
-_.chat  # backends/base.py Capabilities
-_.completion  # backends/base.py Capabilities
-_.vision  # backends/base.py Capabilities
-
 # In progress in other issues' work (adapters, RAG): remove when read or dropped.
 _.for_base  # ecology/adapters.py
 _.base_name  # ecology/peft.py

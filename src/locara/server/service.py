@@ -166,6 +166,17 @@ class Service:
         try:
             req = build(lease)
             model = lease.handle.model
+            caps, model_id = model.capabilities, lease.handle.resolved.manifest.id
+            if req.messages and not caps.chat:
+                raise UnsupportedFeatureError(
+                    f"{model_id} cannot chat (its model file has no chat template)",
+                    "send a raw prompt (/v1/completions, /api/generate with raw), or give its "
+                    "manifest a config.chat_template",
+                )
+            if req.prompt is not None and not caps.completion:
+                raise UnsupportedFeatureError(
+                    f"{model_id} does not complete raw prompts", "chat with it instead"
+                )
             if req.json_schema is not None and not model.capabilities.json_schema:
                 raise UnsupportedFeatureError(
                     f"{lease.handle.resolved.manifest.id} cannot enforce a JSON schema",
