@@ -339,6 +339,9 @@ class LoadOptions:
     n_batch: int = 512
     n_parallel: int = 1  # slots: requests decoded at once, each with n_ctx tokens of KV
     rpc_servers: tuple[str, ...] = ()  # llama.cpp RPC workers holding the offloaded layers
+    # LoRA adapters bound to this base, loaded at scale 0 with the model by a llama-server
+    # worker (requests choose theirs); the in-process backend loads them when asked.
+    lora: tuple[AdapterUse, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,9 @@ class WorkerConfig:
     chatml_fallback: bool = False
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers that take the offloaded layers
     mmproj: Path | None = None  # a vision projector: images in chat messages
+    # LoRA adapters loaded at scale 0 (--lora-init-without-apply): a request names its
+    # own stack by index, as llama-server's per-request "lora" list does.
+    lora: tuple[Path, ...] = ()
 
     def argv(self, binary: Path, socket_path: Path) -> list[str]:
         """The command line; the API key travels in the environment, out of ``ps``."""
@@ -148,7 +151,9 @@ class WorkerConfig:
             "--metrics",
             "--no-webui",
             "--jinja",  # the model's own template, so llama.cpp can parse its tool calls
-        ] + (["--rpc", ",".join(self.rpc)] if self.rpc else []) + (
+        ] + (["--rpc", ",".join(self.rpc)] if self.rpc else []) + [
+            a for path in self.lora for a in ("--lora", str(path))
+        ] + (["--lora-init-without-apply"] if self.lora else []) + (
             ["--mmproj", str(self.mmproj)]
             + (["--no-mmproj-offload"] if self.n_gpu_layers == 0 else [])
             if self.mmproj else []
@@ -522,10 +527,14 @@ class LlamaServerBackend:
             chat_template_file=template_file,
             rpc=opts.rpc_servers,
             mmproj=_projector(path, manifest),
+            lora=tuple(a.path for a in opts.lora),
         )
         template = manifest.config.chat_template or info.chat_template
         return LlamaServerModel(
-            LlamaServerWorker(binary, config, log_path=log_path), manifest, template
+            LlamaServerWorker(binary, config, log_path=log_path),
+            manifest,
+            template,
+            lora_ids={a.sha256: i for i, a in enumerate(opts.lora)},
         )
 
 
@@ -575,9 +584,11 @@ class LlamaServerModel:
         manifest: ModelManifest,
         template: str | None,
         *,
+        lora_ids: dict[str, int] | None = None,
         start: bool = True,
     ) -> None:
         self.worker = worker
+        self._lora_ids = lora_ids or {}  # adapter digest -> its index in the worker
         self.manifest = manifest
         self.template = template
         self.n_ctx: int = worker.config.n_ctx
@@ -589,6 +600,7 @@ class LlamaServerModel:
             json_schema=True,
             tools=False,
             logprobs=True,
+            lora=True,
             vision=worker.config.mmproj is not None,
         )
         self._closed = False
@@ -696,6 +708,8 @@ class LlamaServerModel:
         }
         if req.json_schema is not None:
             body["json_schema"] = req.json_schema
+        if self._lora_ids:
+            body["lora"] = self._lora(req)
         if req.logprobs is not None:
             # n_probs 0 would return no probabilities at all, not even the chosen token's.
             body["n_probs"] = max(req.logprobs, 1)
@@ -778,6 +792,23 @@ class LlamaServerModel:
             Timings(prompt_s=prompt_s, generation_s=gen_s, ttft_s=first_at - started),
         )  # fmt: skip
 
+    def _lora(self, req: GenerationRequest) -> list[dict[str, Any]]:
+        """Every loaded adapter's scale for this request: the request's stack, 0 for the
+        rest. Always the whole list: llama-server applies a loaded adapter at scale 1 to a
+        request that names none (--lora-init-without-apply notwithstanding, measured).
+        llama.cpp drops a slot's cached prefix when the list changes."""
+        scales = dict.fromkeys(self._lora_ids.values(), 0.0)
+        for a in req.adapters:
+            index = self._lora_ids.get(a.sha256)
+            if index is None:
+                raise UsageError(
+                    f"adapter {a.id} was added after {self.manifest.id} was loaded",
+                    "unload the model (keep_alive 0, or locara stop) and ask again: "
+                    "a worker loads every adapter of its base when it starts",
+                )
+            scales[index] = a.scale
+        return [{"id": i, "scale": s} for i, s in sorted(scales.items())]
+
     def _on_chat_path(self, req: GenerationRequest) -> bool:
         """Tools offered, earlier calls this model's template can render, or images:
         llama.cpp's chat route. (Without tool support, earlier calls are seen as their
@@ -813,6 +844,8 @@ class LlamaServerModel:
         worker = self.worker
         pid = worker.pid
         body = chat_body(req, self.manifest.config.stop_tokens)
+        if self._lora_ids:
+            body["lora"] = self._lora(req)
         started = time.perf_counter()
         try:
             with worker.client.stream("POST", "/v1/chat/completions", json=body) as resp:

@@ -311,9 +311,7 @@ def bind_loaded(
     uses = AdapterRegistry(settings).bind(specs, base)
     if not lora:
         raise UnsupportedFeatureError(
-            f"{resolved.manifest.id} was loaded in a llama-server worker, which does not apply "
-            "LoRA adapters yet",
-            "unload it (locara stop, or keep_alive 0) and request it again: a model with "
-            "adapters registered is loaded in process (locara adapter ls)",
+            f"{resolved.manifest.id} is loaded on a backend that does not apply LoRA adapters",
+            "use a GGUF model (llama.cpp applies adapters)",
         )
     return uses

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from locara.backends.base import LoadedModel, LoadOptions
+from locara.backends.base import AdapterUse, LoadedModel, LoadOptions
 from locara.device.profile import DeviceProfile
 from locara.errors import NoFitError, UnsupportedFeatureError
 from locara.planner.plan import Plan, PlanRequest
@@ -149,14 +149,7 @@ def resolve(
         record_derivation(settings, artifact.sources, blob.sha256)
     plan = first
     # Adapters are bound to this very blob: plan the runtime that applies them.
-    lora = (
-        "generation" in request.features
-        and "lora" not in request.features
-        and store.index.has_adapters(blob.sha256)
-    )
-    if lora:
-        request = replace(request, features=request.features | {"lora"})
-    if lora or not (first.ok and first.artifact == artifact and first.exact_shape):
+    if not (first.ok and first.artifact == artifact and first.exact_shape):
         # Plan again for exactly this artifact, now with its real GGUF header.
         gguf = {**paths, blob.sha256: blob.path} if artifact.format == "gguf" else paths
         plan = plan_for(replace(request, sha256=artifact.sha256), gguf)
@@ -207,6 +200,17 @@ def plan_here(
         )
         plan = replace(plan, rpc=rpc, reasons=(*plan.reasons, split))
     return plan
+
+
+def _bound_adapters(settings: Settings, resolved: ResolvedModel) -> tuple[AdapterUse, ...]:
+    """Every adapter registered for this very blob (a worker loads them with the model)."""
+    from locara.ecology.adapters import AdapterRegistry
+
+    registry = AdapterRegistry(settings)
+    return tuple(
+        AdapterUse(m.id, m.sha256, registry.blob_path(m), 0.0)
+        for m in registry.for_base(resolved.blob.sha256)
+    )
 
 
 def check_fits(resolved: ResolvedModel) -> Plan:
@@ -267,6 +271,8 @@ def load(
     # llama.cpp itself); the plan's worker runtime applies to loads the plan configures.
     worker = plan.runtime == "llama-server" and opts is None
     opts = opts or load_options(plan)
+    if worker and resolved.artifact.format == "gguf":
+        opts = replace(opts, lora=_bound_adapters(settings, resolved))
     name = plan.backend
     assert name is not None  # a plan that fits names its backend
     runtime = "llama_server" if worker else name

@@ -361,7 +361,8 @@ def plan_model(
         vram=vram,
         offload=gpu_offload,
         layers=ALL_LAYERS if layers is not None and layers < 0 else layers,
-        # LoRA adapters are applied in process (the worker does not load them yet).
+        # A run with adapters named up front (locara run/eval --adapter) applies them in
+        # process; a server's worker loads every adapter of its base and requests pick.
         worker=llama_server and not request.in_process and "lora" not in request.features,
     )
     pl = _Planning(
@@ -643,8 +644,7 @@ def _finish(pl: _Planning, chosen: _Attempt) -> Plan:
         elif "lora" in request.features:
             runtime = "in-process"
             pl.reasons.append(
-                "llama.cpp in process: LoRA adapters are applied per request here (the "
-                "llama-server worker does not load adapters yet)"
+                "llama.cpp in process: the LoRA adapters named for this run are applied here"
             )
         elif pl.room.worker:
             runtime = "llama-server"

@@ -164,10 +164,6 @@ class StoreIndex:
             rows = c.execute("SELECT holder FROM refs WHERE sha256=? ORDER BY holder", (sha256,))
             return [r[0] for r in rows.fetchall()]
 
-    def has_adapters(self, sha256: str) -> bool:
-        """True when some registered adapter is bound to the base ``sha256``."""
-        return any(h.startswith(ADAPTER_BASE_PREFIX) for h in self.refs(sha256))
-
     def pinned_by_apps(self, sha256: str) -> list[str]:
         """The ids of the installed apps that pin ``sha256`` (what cleanup shows and keeps)."""
         return [h[len(APP_PREFIX) :] for h in self.refs(sha256) if h.startswith(APP_PREFIX)]
