@@ -53,8 +53,12 @@ def test_start_status_stop(shared_home: Path, tmp_path: Path) -> None:
         (m,) = info["loaded"]
         assert (m["model"], m["quant"], m["sha256"]) == (DEFAULT_MODEL, "Q4_1", DEFAULT_SHA)
         assert m["size_bytes"] == DEFAULT_SIZE
-        # The average speed is the ledger's: the one request's generation tok/s.
-        (row,) = [x for x in UsageDB(home / "usage.db").rows() if x["surface"] == "openai"]
+        # The average speed is the ledger's: the one request's generation tok/s (the cloned
+        # home's ledger holds other tests' requests from before this server started).
+        since = float(state["started_at"])
+        (row,) = [
+            x for x in UsageDB(home / "usage.db").rows(since=since) if x["surface"] == "openai"
+        ]
         assert info["served"]["avg_tps"] == pytest.approx(row["generation_tps"])
         assert info["served"]["completion_tokens"] == r.json()["usage"]["completion_tokens"]
         text = run_cli("status", home=home, env=env).stdout

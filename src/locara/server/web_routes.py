@@ -160,6 +160,8 @@ async def models(request: Request) -> dict[str, Any]:
             }
         stored = []
         for row in inventory(settings, threshold_days=30.0):
+            if row["status"] == "part":
+                continue  # a file of a multi-file artifact: its tree's row stands for it
             entry = catalog.get(row["model"] or "", {})
             stored.append(
                 {
