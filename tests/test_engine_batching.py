@@ -140,10 +140,14 @@ def test_eight_streams_overlap_and_each_gets_its_own_answer(server: RunningServe
     for t in threads:
         t.join(timeout=300)
     assert all(out[i][0] == "ok" for i in range(SLOTS)), out
-    first_done = min(timeline.index(i, "done") for i in range(SLOTS))
+    # Every stream produced tokens before any stream that used its whole budget finished:
+    # they ran together. (A sequence that ends by itself — the alphabet, the weekdays — may
+    # stop after a few tokens, before a stream sent last has reached the worker.)
+    full = [i for i in range(SLOTS) if out[i][2] == "length"]
+    assert len(full) >= SLOTS // 2, out
+    first_done = min(timeline.index(i, "done") for i in full)
     last_first = max(timeline.index(i, "first") for i in range(SLOTS))
-    # Every stream produced tokens before any stream finished: they ran together.
-    assert last_first < first_done, timeline.events
+    assert last_first < first_done, (timeline.events, out)
     for i, prompt in enumerate(PROMPTS):
         # Each goes on with its own sequence's next item, as it did alone: another
         # stream's tokens in its slot would have put some other word here.
