@@ -55,7 +55,13 @@ from locara.backends.llama_vocab import prompt_tokens, vocab_facts
 from locara.backends.schema_guard import check_schema, refuse
 from locara.backends.stops import StopScanner
 from locara.backends.worker_binary import WorkerBinary, locate_llama_server, worker_environment
-from locara.backends.worker_tools import chat_body, chat_chunks, check_request_text, sse_events
+from locara.backends.worker_tools import (
+    chat_body,
+    chat_chunks,
+    check_request_text,
+    sampling_fields,
+    sse_events,
+)
 from locara.errors import (
     BackendError,
     BackendUnavailableError,
@@ -695,13 +701,7 @@ class LlamaServerModel:
             # An event per batch of prompt work: a request whose client went away is seen
             # (and its stream closed) within a batch, not after the whole prompt.
             "return_progress": True,
-            "temperature": s.temperature,
-            "top_k": s.top_k,
-            "top_p": s.top_p,
-            "min_p": s.min_p,
-            "repeat_penalty": s.repeat_penalty,
-            # -1 is 0xFFFFFFFF, "random": llama-cpp-python's default seed too.
-            "seed": -1 if s.seed is None else s.seed,
+            **sampling_fields(s),
             # The StopScanner below decides what is emitted; the worker also stops on
             # them so the slot is freed at once rather than when the stream is closed.
             "stop": [x for x in req.stop if x],

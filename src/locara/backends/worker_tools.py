@@ -32,6 +32,7 @@ from locara.backends.base import (
     FinishReason,
     GenerationRequest,
     Message,
+    Sampling,
     Timings,
     ToolCallDelta,
     Usage,
@@ -121,6 +122,19 @@ def _data_uri(image: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
 
 
+def sampling_fields(s: Sampling) -> dict[str, Any]:
+    """Sampling as llama-server's request fields, the same on both of its routes."""
+    return {
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "repeat_penalty": s.repeat_penalty,
+        # -1 is 0xFFFFFFFF, "random": llama-cpp-python's default seed too.
+        "seed": -1 if s.seed is None else s.seed,
+    }
+
+
 def chat_body(req: GenerationRequest, extra_stops: Iterable[str] = ()) -> dict[str, Any]:
     """The worker's ``/v1/chat/completions`` body: the same sampling as ``/completion``."""
     s = req.sampling
@@ -136,12 +150,7 @@ def chat_body(req: GenerationRequest, extra_stops: Iterable[str] = ()) -> dict[s
         # An event per batch of prompt work: a client gone during a long prompt is seen
         # within a batch (as on /completion).
         "return_progress": True,
-        "temperature": s.temperature,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "min_p": s.min_p,
-        "repeat_penalty": s.repeat_penalty,
-        "seed": -1 if s.seed is None else s.seed,
+        **sampling_fields(s),
         "stop": [x for x in (*req.stop, *extra_stops) if x],
     }
     if req.max_tokens is not None:
