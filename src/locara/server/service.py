@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from locara.engine.accounting import generation_record
 from locara.engine.pool import Lease, ModelPool
 from locara.engine.runner import RunResult, ThreadedRun, in_thread
 from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
-from locara.ledger import UsageRecord, record_usage
+from locara.ledger import RouteUsage, UsageRecord, record_usage
 from locara.server.config import ServerConfig
 from locara.server.embed_inputs import fit_embedding_inputs
 from locara.server.errors import HTTPError
@@ -155,12 +156,17 @@ class Service:
         *,
         n_ctx: int | None = None,
         keep_alive_s: float | None = None,
+        route: Future[RouteUsage] | None = None,
     ) -> tuple[Lease, GenerationRequest, ThreadedRun[Chunk]]:
         """Lease the model, build the request on it, start generating in a thread.
 
         The one owner of a generation's lease: released here if building the request
         fails, else when the generation thread is done, whatever the outcome. Routes read
         the returned lease (model id, load time) and never release it.
+
+        ``route`` is a router policy's verdict on this generation (``serve --policy``):
+        whether its answer was kept or escalated is known only after it was judged, so
+        its usage record waits for the verdict; the lease does not.
         """
         lease = await self.lease(reference, caller, n_ctx=n_ctx, keep_alive_s=keep_alive_s)
         try:
@@ -191,7 +197,12 @@ class Service:
 
         def done(result: RunResult[Chunk]) -> None:
             lease.release()
-            self._account_generation(lease, caller, result)
+            if route is None:
+                self._account_generation(lease, caller, result)
+            else:
+                route.add_done_callback(
+                    lambda v: self._account_generation(lease, caller, result, v.result())
+                )
 
         run = ThreadedRun(make, done, is_last=lambda c: c.finish_reason is not None)
         return lease, req, run.start()
@@ -244,7 +255,13 @@ class Service:
         return vectors, sum(counts), lease
 
     # -- accounting ------------------------------------------------------------------
-    def _account_generation(self, lease: Lease, caller: Caller, result: RunResult[Chunk]) -> None:
+    def _account_generation(
+        self,
+        lease: Lease,
+        caller: Caller,
+        result: RunResult[Chunk],
+        route: RouteUsage | None = None,
+    ) -> None:
         status = result.outcome
         error = None
         if result.error is not None and status == "error":
@@ -257,6 +274,7 @@ class Service:
             status=status,
             error=error,
             load_s=lease.load_s,
+            route=route,
         )
         usage = result.last.usage if result.last is not None else None
         self.metrics.observe(
