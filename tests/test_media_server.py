@@ -33,7 +33,7 @@ from media_samples import (
     wav_with_unknown_codec,
     wer,
 )
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer, metric, running_server
 
 UPLOAD_LIMIT = 2_000_000
 
@@ -223,6 +223,11 @@ def test_usage_ledger_counts_audio_seconds_and_images(server: RunningServer) -> 
     assert by_model["whisper-tiny.en"]["audio_s"] > 8
     assert by_model["whisper-tiny.en"]["surfaces"] == ["openai"]
     assert by_model["rapidocr-ppocrv4"]["images"] >= 2
+    # /metrics counts the same requests, with the transcripts' tokens.
+    text = httpx.get(f"{server.url}/metrics").text
+    for model in ("whisper-tiny.en", "rapidocr-ppocrv4"):
+        assert metric(text, "locara_requests_total", model=model, status="ok") >= 2, model
+    assert metric(text, "locara_completion_tokens_total", model="whisper-tiny.en") > 10
 
 
 # -- images in chat requests, up to the worker boundary ---------------------------------

@@ -28,9 +28,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile as FormFile
 
-from locara.backends.media import OcrResult, TranscribeRequest
+from locara.backends.media import TranscribeRequest
 from locara.engine.runner import in_thread
-from locara.errors import LocaraError, UnsupportedFeatureError, UsageError
+from locara.errors import UnsupportedFeatureError, UsageError
 from locara.server.common import app_name, service
 from locara.server.errors import HTTPError, validation_message
 from locara.server.service import Caller, Service
@@ -118,25 +118,19 @@ async def transcriptions(
     try:
         # A file that is not audio is refused before any model is loaded.
         await in_thread(audio.probe, path, name="locara-probe")
-        lease = await svc.lease(reference, caller, media=True)
-        model_id = lease.handle.resolved.manifest.id
         req = TranscribeRequest(language, prompt, temperature, words)
-        try:
-            transcript = await in_thread(
-                lambda: transcribe(
-                    svc.settings, lease.handle, path, req,
-                    app=caller.app, surface=caller.surface, load_s=lease.load_s,
-                ),
-                name="locara-transcribe",
-            )  # fmt: skip
-        except LocaraError:
-            svc.metrics.observe(caller.surface, model_id, "error")
-            raise
-        finally:
-            lease.release()
+        transcript, _ = await svc.media(
+            reference,
+            caller,
+            lambda lease: transcribe(
+                svc.settings, lease.handle, path, req,
+                app=caller.app, surface=caller.surface, load_s=lease.load_s,
+            ),
+            name="locara-transcribe",
+            tokens=lambda t: t.tokens,
+        )  # fmt: skip
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
-    svc.metrics.observe(caller.surface, model_id, "ok", 0, transcript.tokens)
     out = render(transcript, response_format, words)
     headers = {"X-Locara-Warning": "; ".join(transcript.warnings)} if transcript.warnings else None
     if isinstance(out, str):
@@ -217,23 +211,16 @@ async def ocr(request: Request) -> dict[str, Any]:
         svc, reference, "ocr", f"read text with {DEFAULT_OCR_MODEL}, or list models: locara ls"
     )
     image = await in_thread(open_image, data, what, settings, name="locara-image")
-    lease = await svc.lease(reference, caller, media=True)
-    model_id = lease.handle.resolved.manifest.id
     started = time.perf_counter()
-    try:
-        results: list[OcrResult] = await in_thread(
-            lambda: read_images(
-                settings, lease.handle, [image],
-                app=caller.app, surface=caller.surface, load_s=lease.load_s,
-            ),
-            name="locara-ocr",
-        )  # fmt: skip
-    except LocaraError:
-        svc.metrics.observe(caller.surface, model_id, "error")
-        raise
-    finally:
-        lease.release()
-    svc.metrics.observe(caller.surface, model_id, "ok")
+    results, model_id = await svc.media(
+        reference,
+        caller,
+        lambda lease: read_images(
+            settings, lease.handle, [image],
+            app=caller.app, surface=caller.surface, load_s=lease.load_s,
+        ),
+        name="locara-ocr",
+    )  # fmt: skip
     r = results[0]
     return {
         "object": "ocr.result",

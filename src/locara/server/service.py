@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -30,6 +30,7 @@ from locara.server.tokens import TokenStore
 from locara.settings import Settings
 
 log = logging.getLogger("locara.server")
+T = TypeVar("T")
 
 
 async def client_gone(request: Request) -> None:
@@ -212,6 +213,31 @@ class Service:
     ) -> None:
         """Load the model (Ollama's empty request) and let its keep-alive clock start."""
         (await self.lease(reference, caller, keep_alive_s=keep_alive_s)).release()
+
+    async def media(
+        self,
+        reference: str,
+        caller: Caller,
+        work: Callable[[Lease], T],
+        *,
+        name: str,
+        tokens: Callable[[T], int] = lambda _: 0,
+    ) -> tuple[T, str]:
+        """Run ``work`` on a leased speech or OCR model in a thread; return what it gave
+        and the model id. The one owner of a media lease (released on every way out) and
+        of its metrics observation; ``work`` writes the usage record (engine.media does).
+        """
+        lease = await self.lease(reference, caller, media=True)
+        model_id = lease.handle.resolved.manifest.id
+        try:
+            out = await in_thread(lambda: work(lease), name=name)
+        except Exception:
+            self.metrics.observe(caller.surface, model_id, "error")
+            raise
+        finally:
+            lease.release()
+        self.metrics.observe(caller.surface, model_id, "ok", 0, tokens(out))
+        return out, model_id
 
     async def embed(
         self,
