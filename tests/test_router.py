@@ -24,10 +24,11 @@ from locara.router.cascade import run
 from locara.router.decide import PolicyRouter, Scored, decide
 from locara.router.policy import RouterPolicy, json_schema, load_policy, parse_policy
 from locara.settings import Settings
-from server_harness import clone_home, running_server
+from server_harness import RunningServer, clone_home, metric, running_server, wait_until
 from strong_endpoint import StrongEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
 SECRET = "sk-test-SECRET-value-4242"
 QUESTION = "What is the capital of France? Answer with one word."
 KEY = {QUESTION: "Paris"}
@@ -491,3 +492,93 @@ def test_the_egress_guard_refuses_before_connecting(
         "socket.connect 192.0.2.1",
         "socket.getaddrinfo api.example.com",
     ]
+
+
+# -- routed requests are served like any other (Service.start) -----------------------------
+
+LONG_SCHEMA = {"type": "array", "items": {"type": "integer"}, "minItems": 300}
+LONG_TOKENS = 450  # of a 512 context; the schema needs ~1200 to finish: generating till then
+
+
+@pytest.fixture(scope="module")
+def routed_server(
+    shared_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server with a local_only policy, one slot per model and no queue."""
+    home = clone_home(shared_home, tmp_path_factory.mktemp("routed") / "home")
+    data = policy_dict()
+    data["filters"] = {"privacy": "local_only"}
+    del data["targets"], data["escalate_to"]
+    path = home.parent / "p.json"
+    path.write_text(json.dumps(data))
+    env = {"LOCARA_QUEUE_DEPTH": "0", "LOCARA_NUM_PARALLEL": "1", "LOCARA_CTX": "512"}
+    with running_server(home, env, args=["--policy", str(path)]) as srv:
+        yield srv
+
+
+def _long(stream: bool, model: str = "auto") -> dict[str, Any]:
+    return {
+        "model": model, "messages": [{"role": "user", "content": "List numbers."}],
+        "max_tokens": LONG_TOKENS, "stream": stream,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "numbers", "schema": LONG_SCHEMA}},
+    }  # fmt: skip
+
+
+def _requests(srv: RunningServer, status: str, surface: str = "openai") -> float:
+    text = httpx.get(f"{srv.url}/metrics").text
+    return metric(text, "locara_requests_total", surface=surface, model=MODEL, status=status)
+
+
+def _idle(srv: RunningServer) -> bool:
+    text = httpx.get(f"{srv.url}/metrics").text
+    return metric(text, "locara_in_flight_requests", model=MODEL, mode="generation") == 0
+
+
+def test_a_routed_request_is_queued_and_counted_like_any_other(
+    routed_server: RunningServer,
+) -> None:
+    srv = routed_server
+    ok, busy = _requests(srv, "ok"), _requests(srv, "error")
+    r = _chat(srv.url)
+    assert r.status_code == 200 and r.headers["X-Locara-Answered-By"] == "local", r.text
+    assert _requests(srv, "ok") == ok + 1
+    # The model's one slot is taken by a plain request: a routed one waits in the same
+    # queue (of depth 0 here), so it is refused as any other would be, and counted.
+    url = f"{srv.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=_long(True, MODEL), timeout=120) as plain:
+        lines = (ln for ln in plain.iter_lines() if ln.startswith("data: {"))
+        next(lines), next(lines)  # the model is generating now
+        r = _chat(srv.url)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "queue_full", r.text
+        assert _requests(srv, "error") == busy + 1
+    assert wait_until(lambda: _idle(srv))
+    rows = [r for r in UsageDB(srv.home / "usage.db").rows() if r["route"]]
+    assert [r["status"] for r in rows] == ["ok"] and rows[0]["route"] == "smart/(default)"
+
+
+def test_a_routed_stream_whose_client_leaves_is_cancelled(routed_server: RunningServer) -> None:
+    srv = routed_server
+    assert _chat(srv.url).status_code == 200  # loaded: the next request starts generating
+    assert wait_until(lambda: _idle(srv))
+    cancelled = _requests(srv, "cancelled")
+    url = f"{srv.url}/v1/chat/completions"
+    # A routed stream sends its answer once the cascade has judged it: the client sees
+    # nothing for a while, gives up, and the generation stops for nobody.
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream("POST", url, json=_long(True), timeout=1.5) as r,
+    ):
+        for _ in r.iter_lines():
+            pass
+    assert wait_until(lambda: _idle(srv)), "the generation kept the model busy"
+
+    def cancelled_rows() -> list[dict[str, Any]]:
+        rows = UsageDB(srv.home / "usage.db").rows()
+        return [r for r in rows if r["route"] and r["status"] == "cancelled"]
+
+    assert wait_until(lambda: cancelled_rows())
+    [row] = cancelled_rows()
+    assert row["completion_tokens"] < LONG_TOKENS and row["escalated"] == 0
+    assert "client closed the connection" in row["route_reason"]
+    assert _requests(srv, "cancelled") == cancelled + 1

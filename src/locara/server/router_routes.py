@@ -7,6 +7,8 @@ who answered (``X-Locara-Route``, ``X-Locara-Answered-By``). A cascade must see 
 whole local answer before it knows whether to keep it, so a routed ``stream: true``
 request gets the answer as one content event (then the finish and ``[DONE]``).
 Consent to escalate travels in the request header ``X-Locara-Consent: remote``.
+Local generations go through ``Service.start`` like every request's: the pool's queue,
+/metrics, and a client that goes away cancels them (ledger status ``cancelled``).
 
 Every model call of a routed request is one ledger row with the route, whether the
 request escalated and why, what the remote target cost and what answering locally
@@ -15,9 +17,11 @@ saved at the target's list price.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from dataclasses import dataclass, replace
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from locara.backends.base import Chunk, GenerationRequest, Message
-from locara.engine.accounting import generation_record, remote_record
+from locara.engine.accounting import remote_record
 from locara.engine.pool import Lease
 from locara.engine.runner import in_thread
 from locara.ledger import RouteUsage, record_usage
@@ -58,69 +62,90 @@ def _consent(request: Request) -> bool:
     return request.headers.get(CONSENT_HEADER, "").strip().lower() in ("remote", "yes", "1", "true")
 
 
-class _Attempts:
-    """The local generations of one routed request, kept until the outcome is known."""
+@dataclass
+class _Attempt:
+    """One local generation of a routed request: its verdict (set when the request's
+    outcome is known; the ledger row waits for it) and its chunks, once complete."""
 
-    def __init__(self, request: Request, price: Price | None) -> None:
+    verdict: Future[RouteUsage] = field(default_factory=Future)
+    chunks: list[Chunk] | None = None
+
+
+class _Attempts:
+    """The local generations of one routed request, each through ``Service.start``.
+
+    The cascade runs in a thread of its own; each local generation it asks for is started
+    on the event loop like any other request (queueing, metrics, cancellation when the
+    client goes away). Their ledger rows wait for the verdict: kept or escalated, and why.
+    """
+
+    def __init__(self, request: Request, caller: Caller, route: str, price: Price | None) -> None:
+        self.request = request
         self.svc = service(request)
+        self.caller = caller
+        self.route = route
         self.price = price  # the first target's list price: what a local answer saves
-        self.done: list[tuple[Lease, list[Chunk] | None, str | None]] = []
+        self.loop = asyncio.get_running_loop()
+        self.done: list[_Attempt] = []
 
     def generate(self, scored: Scored, req: GenerationRequest) -> list[Chunk]:
+        """One local generation (called from the cascade's thread)."""
+        return asyncio.run_coroutine_threadsafe(self._generate(scored, req), self.loop).result()
+
+    async def _generate(self, scored: Scored, req: GenerationRequest) -> list[Chunk]:
         from locara.ecology.adapters import AdapterSpec, bind_loaded
 
-        lease = self.svc.pool.acquire(scored.candidate.model)
-        try:
+        svc = self.svc
+
+        def build(lease: Lease) -> GenerationRequest:
             handle = lease.handle
             adapters = bind_loaded(
-                self.svc.settings,
+                svc.settings,
                 [AdapterSpec(a.id, a.scale) for a in scored.candidate.adapters],
                 handle.resolved,
                 handle.model.capabilities.lora,
             ) if scored.candidate.adapters else ()  # fmt: skip
-            req = replace(
-                req, adapters=adapters, max_tokens=self.svc.cap_tokens(req.max_tokens, lease)
+            return replace(
+                req, adapters=adapters, max_tokens=svc.cap_tokens(req.max_tokens, lease)
             ).validate()
-            chunks = list(handle.model.generate(req))
-        except Exception as exc:
-            self.done.append((lease, None, getattr(exc, "message", None) or repr(exc)))
-            raise
-        finally:
-            lease.release()
-        self.done.append((lease, chunks, None))
-        return chunks
 
-    def record(
-        self, caller: Caller, route: str, outcome: Outcome | None, error: str | None
-    ) -> None:
-        """One ledger row per model call (never raises: record_usage does not)."""
+        attempt = _Attempt()
+        _, _, run = await svc.start(
+            scored.candidate.model, self.caller, build, route=attempt.verdict
+        )
+        self.done.append(attempt)
+        first = await svc.first_chunk(run, self.request)
+        attempt.chunks = await svc.collect(run, first, self.request)
+        if run.cancelled:  # the client went away: nothing more is done for nobody
+            raise HTTPError(
+                499, "the client closed the connection before the answer was complete",
+                code="client_closed_request",
+            )  # fmt: skip
+        return attempt.chunks
+
+    def settle(self, outcome: Outcome | None, error: str | None) -> None:
+        """Give every local generation its verdict (its ledger row follows) and record the
+        remote answer, if any. Never raises: record_usage does not."""
         escalated = bool(outcome and outcome.escalated)
         reason = outcome.reason if outcome else error
-        for lease, chunks, failed in self.done:
-            last = chunks[-1] if chunks else None
+        for attempt in self.done:
+            usage = attempt.chunks[-1].usage if attempt.chunks else None
             saved = None
-            if outcome is not None and not escalated and self.price and last and last.usage:
-                u = last.usage
+            if outcome is not None and not escalated and self.price and usage:
                 saved = (
-                    u.prompt_tokens * self.price.input + u.completion_tokens * self.price.output
+                    usage.prompt_tokens * self.price.input
+                    + usage.completion_tokens * self.price.output
                 ) / 1e6
-            rec = generation_record(
-                lease.handle, app=caller.app, surface=caller.surface, last=last,
-                status="error" if failed else "ok", error=failed, load_s=lease.load_s,
-                route=RouteUsage(route, escalated, reason, None, saved),
-            )  # fmt: skip
-            self.svc.metrics.observe(caller.surface, rec.model_id, rec.status,
-                                     rec.prompt_tokens, rec.completion_tokens, 0, rec.ttft_s)  # fmt: skip
-            record_usage(self.svc.settings, rec)
+            attempt.verdict.set_result(RouteUsage(self.route, escalated, reason, None, saved))
         if outcome is not None and outcome.remote is not None:
             r = outcome.remote
             record_usage(
                 self.svc.settings,
                 remote_record(
-                    target=r.target.name, model=r.target.model, app=caller.app,
-                    surface=caller.surface, prompt_tokens=r.prompt_tokens,
+                    target=r.target.name, model=r.target.model, app=self.caller.app,
+                    surface=self.caller.surface, prompt_tokens=r.prompt_tokens,
                     completion_tokens=r.completion_tokens, elapsed_s=r.elapsed_s,
-                    route=RouteUsage(route, True, outcome.reason, r.cost_usd, None),
+                    route=RouteUsage(self.route, True, outcome.reason, r.cost_usd, None),
                 ),
             )  # fmt: skip
 
@@ -148,20 +173,24 @@ async def routed_chat(
         messages=messages, max_tokens=max_tokens, json_schema=json_schema,
         sampling=Sampling.of(None, **sampling),
     ).validate()  # fmt: skip
-    attempts = _Attempts(request, decision.targets[0].price if decision.targets else None)
+    price = decision.targets[0].price if decision.targets else None
+    attempts = _Attempts(request, caller, route, price)
     consent = _consent(request)
+    outcome: Outcome | None = None
+    error: str | None = None
     try:
         outcome = await in_thread(
             lambda: run(router.policy, decision, req, attempts.generate, consent=consent),
             name="locara-route",
         )
     except EscalationError as exc:
-        await in_thread(attempts.record, caller, route, None, exc.message)
+        error = exc.message
         raise HTTPError(502, exc.message, code="escalation_failed") from None
     except Exception as exc:
-        await in_thread(attempts.record, caller, route, None, getattr(exc, "message", repr(exc)))
+        error = getattr(exc, "message", None) or repr(exc)
         raise
-    await in_thread(attempts.record, caller, route, outcome, None)
+    finally:
+        await in_thread(attempts.settle, outcome, error)
     answer = _Answer.of(outcome, route)
     return _ollama(answer, stream) if surface == "ollama" else _openai(answer, stream)
 
