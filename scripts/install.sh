@@ -167,11 +167,13 @@ fi
 # system browser; `playwright install` would download one, which fails offline).
 # espeak-ng + sox: the speech tests make their audio offline. Nothing is installed
 # silently: without root or sudo this says what to run, and those tests skip loudly.
-TEST_PROGRAMS=(chromium espeak-ng sox)
+# ip (iproute2): as root, the RPC test puts each worker in a network namespace of its own.
+# An entry is program or program:package.
+TEST_PROGRAMS=(chromium espeak-ng sox ip:iproute2)
 if [[ ",${LOCARA_EXTRAS:-dev}," == *",dev,"* ]] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for prog in "${TEST_PROGRAMS[@]}"; do
-    command -v "$prog" >/dev/null 2>&1 || missing+=("$prog")
+    command -v "${prog%%:*}" >/dev/null 2>&1 || missing+=("${prog##*:}")
   done
   if (( ${#missing[@]} )); then
     SUDO=""
