@@ -3,8 +3,10 @@
 The real thing on loopback: two ``locara worker`` processes (llama.cpp's ggml-rpc-server),
 a ``locara serve`` whose plan offloads the bundled model's layers to them, and the same
 greedy answer as a local load. A worker killed mid-answer fails that request cleanly and
-the next request is planned again without it. A worker of another llama.cpp version and
-one that never answers are scripted sockets (the real worker cannot be made to do that).
+the next request is planned again without it. As root, the same answer with each worker
+in a network namespace of its own, at its own address (tests/netns.py). A worker of
+another llama.cpp version and one that never answers are scripted sockets (the real
+worker cannot be made to do that).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ import pytest
 from locara.backends.rpc import parse_endpoints, probe
 from locara.backends.worker_binary import installed_path
 from locara.errors import BackendUnavailableError, UsageError
+from locara.server.config import is_loopback
+from netns import Namespaces, NamespacesUnavailable, namespaces
 from server_harness import free_port, running_server, server_env, wait_until
 
 MODEL = "smollm2-135m-instruct"
@@ -117,22 +122,23 @@ class Worker:
     proc: subprocess.Popen[bytes]
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[Worker]]:
+@contextmanager
+def running_workers(
+    log_dir: Path, endpoints: list[str], inside: Callable[[int, list[str]], list[str]]
+) -> Iterator[list[Worker]]:
+    """``locara worker --listen ENDPOINT`` for each endpoint, its argv wrapped by
+    ``inside(index, argv)`` (a network namespace, or nothing), until every one listens."""
     started = []
-    for i in range(2):
-        port = free_port()
-        with (tmp_path / f"worker-{i}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "locara", "worker", "--listen", f"127.0.0.1:{port}"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(Worker(f"127.0.0.1:{port}", proc))
     try:
+        for i, endpoint in enumerate(endpoints):
+            argv = [sys.executable, "-m", "locara", "worker", "--listen", endpoint]
+            if not is_loopback(endpoint.rpartition(":")[0]):
+                argv.append("--i-know-this-is-unauthenticated")
+            with (log_dir / f"worker-{i}.log").open("wb") as log:
+                proc = subprocess.Popen(inside(i, argv), stdout=log, stderr=subprocess.STDOUT)
+            started.append(Worker(endpoint, proc))
         for w in started:
-            port = int(w.endpoint.rpartition(":")[2])
-            assert wait_until(lambda p=port: _listening(p), timeout=30), f"{w.endpoint} down"
+            assert wait_until(lambda e=w.endpoint: _listening(e), timeout=30), f"{w.endpoint} down"
         yield started
     finally:
         for w in started:
@@ -141,9 +147,28 @@ def workers(tmp_path: Path) -> Iterator[list[Worker]]:
                 w.proc.wait(10)
 
 
-def _listening(port: int) -> bool:
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Worker]]:
+    endpoints = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    with running_workers(tmp_path, endpoints, lambda _, argv: argv) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def local_answer(shared_home: Path) -> str:
+    """The greedy answer of the bundled model loaded on this machine alone."""
+    with running_server(shared_home) as local:
+        r = _chat(local.url)
+        assert r.status_code == 200, r.text
+        answer: str = r.json()["choices"][0]["message"]["content"]
+    assert "Paris" in answer
+    return answer
+
+
+def _listening(endpoint: str) -> bool:
+    host, _, port = endpoint.rpartition(":")
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((host, int(port)), timeout=1).close()
     except OSError:
         return False
     return True
@@ -159,17 +184,26 @@ def _ps_rpc(url: str) -> list[str]:
     return list(m["locara"]["options"]["rpc_servers"])
 
 
+def _assert_split_answer(url: str, workers: list[Worker], expected: str) -> None:
+    """The server at ``url`` answers as the local load does, with the model on ``workers``."""
+    idle_rss = [psutil.Process(w.proc.pid).memory_info().rss for w in workers]
+    r = _chat(url)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == expected
+    assert _ps_rpc(url) == [w.endpoint for w in workers]
+    # Every worker holds a share of the weights (98 MB in all) and of the KV cache.
+    grown = [
+        psutil.Process(w.proc.pid).memory_info().rss - rss
+        for w, rss in zip(workers, idle_rss, strict=True)
+    ]
+    assert all(g > 30e6 for g in grown), grown
+
+
 @needs_rpc
 def test_a_model_split_across_two_workers_answers_as_it_does_locally(
-    tmp_path: Path, shared_home: Path, workers: list[Worker]
+    tmp_path: Path, shared_home: Path, workers: list[Worker], local_answer: str
 ) -> None:
     endpoints = [w.endpoint for w in workers]
-    with running_server(shared_home) as local:
-        r = _chat(local.url)
-        assert r.status_code == 200, r.text
-        expected = r.json()["choices"][0]["message"]["content"]
-        assert "Paris" in expected
-
     plan = _locara(
         "plan", MODEL, "--json", env=server_env(shared_home, {"LOCARA_RPC": ",".join(endpoints)})
     )
@@ -178,18 +212,8 @@ def test_a_model_split_across_two_workers_answers_as_it_does_locally(
     assert explained["rpc"] == endpoints and explained["n_gpu_layers"] > 0
     assert any("RPC worker" in why and endpoints[1] in why for why in explained["reasons"])
 
-    idle_rss = [psutil.Process(w.proc.pid).memory_info().rss for w in workers]
     with running_server(tmp_path / "home", {"LOCARA_RPC": ",".join(endpoints)}) as split:
-        r = _chat(split.url)
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == expected
-        assert _ps_rpc(split.url) == endpoints
-        # Both workers hold a share of the weights (98 MB in all) and of the KV cache.
-        grown = [
-            psutil.Process(w.proc.pid).memory_info().rss - rss
-            for w, rss in zip(workers, idle_rss, strict=True)
-        ]
-        assert all(g > 30e6 for g in grown), grown
+        _assert_split_answer(split.url, workers, local_answer)
 
         # A worker killed mid-answer: that request fails cleanly...
         events = []
@@ -208,6 +232,31 @@ def test_a_model_split_across_two_workers_answers_as_it_does_locally(
         # ...and the next one is planned again, with the worker that still answers.
         r = _chat(split.url)
         assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == expected
+        assert r.json()["choices"][0]["message"]["content"] == local_answer
         assert _ps_rpc(split.url) == endpoints[1:]
         assert split.proc.poll() is None
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[Namespaces]:
+    with ExitStack() as stack:
+        try:
+            ns = stack.enter_context(namespaces(2))
+        except NamespacesUnavailable as exc:
+            pytest.skip(f"no network namespaces here: {exc}")
+        yield ns
+
+
+@needs_rpc
+def test_a_model_split_across_two_network_namespaces_answers_as_it_does_locally(
+    tmp_path: Path, two_namespaces: Namespaces, local_answer: str
+) -> None:
+    """Two machines with their own addresses: each worker in its own network namespace,
+    reached over a bridge, not loopback."""
+    ns = two_namespaces
+    endpoints = [f"{address}:50052" for address in ns.addresses]
+    with (
+        running_workers(tmp_path, endpoints, ns.exec_argv) as workers,
+        running_server(tmp_path / "home", {"LOCARA_RPC": ",".join(endpoints)}) as split,
+    ):
+        _assert_split_answer(split.url, workers, local_answer)
