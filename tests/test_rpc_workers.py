@@ -255,8 +255,15 @@ def test_a_model_split_across_two_network_namespaces_answers_as_it_does_locally(
     reached over a bridge, not loopback."""
     ns = two_namespaces
     endpoints = [f"{address}:50052" for address in ns.addresses]
-    with (
-        running_workers(tmp_path, endpoints, ns.exec_argv) as workers,
-        running_server(tmp_path / "home", {"LOCARA_RPC": ",".join(endpoints)}) as split,
-    ):
-        _assert_split_answer(split.url, workers, local_answer)
+    env = {"LOCARA_RPC": ",".join(endpoints)}
+    with running_workers(tmp_path, endpoints, ns.exec_argv) as workers:
+        with running_server(tmp_path / "home", env) as split:
+            _assert_split_answer(split.url, workers, local_answer)
+
+        # A worker whose link is down takes no connection: it is named as unreachable,
+        # not as busy with another server.
+        ns.set_link(0, up=False)
+        plan = _locara("plan", MODEL, env=server_env(tmp_path / "home", env))
+        assert plan.returncode == 1
+        assert f"RPC worker {endpoints[0]} is unreachable" in plan.stderr, plan.stderr
+        assert "another server" not in plan.stderr

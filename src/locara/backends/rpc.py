@@ -97,8 +97,10 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> RpcWorker:
         f"start it there with: locara worker --listen {endpoint}, "
         "or leave it out of --rpc / LOCARA_RPC"
     )
+    connected = False
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            connected = True
             sock.settimeout(timeout_s)
             hello = _call(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
             version = (hello[0], hello[1], hello[2])
@@ -117,6 +119,14 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> RpcWorker:
                 )
                 free, total = free + f, total + t
     except TimeoutError:
+        if not connected:
+            # Nothing took the connection (a busy worker still would): a machine or a
+            # link is down, or a firewall drops the packets.
+            raise BackendUnavailableError(
+                f"RPC worker {endpoint} is unreachable: no connection within "
+                f"{timeout_s:.0f} s (is the machine up and its address reachable from here?)",
+                fix,
+            ) from None
         raise BackendUnavailableError(
             f"RPC worker {endpoint} did not answer within {timeout_s:.0f} s "
             "(a worker serves one client at a time: is another server using it?)",
