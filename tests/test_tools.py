@@ -393,6 +393,107 @@ def test_a_model_whose_template_has_no_tools_is_a_400(
     assert DEFAULT_MODEL in oerr.value.error and "chat template has no tools" in oerr.value.error
 
 
+PERSON = {
+    "type": "function",
+    "function": {
+        "name": "Person",
+        "description": "Correctly extracted `Person` with all the required parameters",
+        "parameters": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        },
+    },
+}
+INVENT = [{"role": "user", "content": "Invent a person."}]
+
+
+def _person(call: Any) -> dict[str, Any]:
+    assert call.type == "function" and call.function.name == "Person"
+    assert call.id.startswith("call_")
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["name"], str) and isinstance(args["age"], int)
+    return dict(args)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [{"type": "function", "function": {"name": "Person"}}, "required"],
+    ids=["named", "required-one-tool"],
+)
+def test_a_forced_call_works_without_tools_in_the_template(oai: openai.OpenAI, choice: Any) -> None:
+    """instructor's default mode: the call is generated under the function's schema."""
+    r = oai.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=INVENT,  # type: ignore[arg-type]
+        tools=[PERSON],  # type: ignore[list-item]
+        tool_choice=choice,
+        max_tokens=60,
+    )
+    choice0 = r.choices[0]
+    assert choice0.finish_reason == "tool_calls" and choice0.message.content is None
+    (call,) = choice0.message.tool_calls or []
+    _person(call)
+
+
+def test_a_forced_call_streams_as_argument_pieces_and_takes_a_retry_history(
+    oai: openai.OpenAI,
+) -> None:
+    stream = oai.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=INVENT,  # type: ignore[arg-type]
+        tools=[PERSON],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "Person"}},
+        max_tokens=60,
+        stream=True,
+    )
+    deltas = [d for c in stream if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert len(deltas) > 1 and deltas[0].id and deltas[0].function.name == "Person"
+    assert all(d.id is None and d.function.name is None for d in deltas[1:])
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    args = json.loads(arguments)
+    # A retry, as instructor sends one: the call, and the validation error as its result.
+    retry = [
+        *INVENT,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": deltas[0].id, "type": "function",
+             "function": {"name": "Person", "arguments": arguments}},
+        ]},
+        {"role": "tool", "tool_call_id": deltas[0].id,
+         "content": f"Recall the function correctly, fix the errors: age {args['age']} is not < 120"},
+    ]  # fmt: skip
+    r = oai.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=retry,  # type: ignore[arg-type]
+        tools=[PERSON],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "Person"}},
+        max_tokens=60,
+    )
+    (call,) = r.choices[0].message.tool_calls or []
+    _person(call)
+
+
+def test_a_call_the_request_does_not_force_still_needs_tools_in_the_template(
+    oai: openai.OpenAI,
+) -> None:
+    for choice in ("auto", "required"):  # required among two tools: the model must choose
+        with pytest.raises(openai.BadRequestError, match="chat template has no tools"):
+            oai.chat.completions.create(
+                model=DEFAULT_MODEL,
+                messages=INVENT,  # type: ignore[arg-type]
+                tools=[PERSON, WEATHER],  # type: ignore[list-item]
+                tool_choice=choice,  # type: ignore[arg-type]
+            )
+    with pytest.raises(openai.BadRequestError, match="cannot be combined"):
+        oai.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=INVENT,  # type: ignore[arg-type]
+            tools=[PERSON],  # type: ignore[list-item]
+            tool_choice="required",
+            response_format={"type": "json_object"},
+        )
+
+
 def test_a_template_llama_cpp_cannot_parse_still_chats_but_has_no_tools(
     server: RunningServer, oai: openai.OpenAI
 ) -> None:

@@ -9,8 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from locara.backends.base import Message, Sampling
-from locara.engine.pool import Lease
-from locara.errors import UnsupportedFeatureError, UsageError
+from locara.errors import UsageError
 from locara.registry.manifest import ModelManifest
 from locara.server.service import Service
 
@@ -87,14 +86,6 @@ def stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
     if len(stops) > 16:
         raise UsageError(f"{len(stops)} stop strings; at most 16 are allowed", "send fewer")
     return tuple(s for s in stops if s)
-
-
-def require_tools(lease: Lease) -> None:
-    """Refuse ``tools`` for a model whose backend or template cannot call them (the
-    backend says why: its chat template has no tools, it runs in process, ...)."""
-    caps = lease.handle.model.capabilities
-    if not caps.tools:
-        raise UnsupportedFeatureError(*caps.no_tools)
 
 
 def to_messages(raw: list[tuple[str, str]]) -> tuple[Message, ...]:

@@ -50,7 +50,6 @@ from locara.server.common import (
     app_name,
     check_sampling,
     parse_keep_alive,
-    require_tools,
     sampling_from,
     service,
     to_messages,
@@ -331,8 +330,6 @@ def _builder(
     svc = service(request)
 
     def build(lease: Lease) -> GenerationRequest:
-        if tools:
-            require_tools(lease)
         if any(m.images for m in messages):
             vision.require_vision(lease)
         capped = svc.cap_tokens(max_tokens, lease)

@@ -23,7 +23,6 @@ from locara.server.common import (
     app_name,
     check_sampling,
     parse_keep_alive,
-    require_tools,
     sampling_from,
     service,
     stop_tuple,
@@ -256,8 +255,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         )  # fmt: skip
 
     def build(lease: Lease) -> GenerationRequest:
-        if tools:
-            require_tools(lease)
         if images:
             vision.require_vision(lease)
         return GenerationRequest(

@@ -18,6 +18,7 @@ from fastapi import Request
 
 from locara.backends.base import Chunk, GenerationRequest
 from locara.engine.accounting import generation_record
+from locara.engine.forced_call import as_call, as_schema_request, forced_tool
 from locara.engine.pool import Lease, ModelPool
 from locara.engine.runner import RunResult, ThreadedRun, in_thread
 from locara.errors import ContextOverflowError, LocaraError, UnsupportedFeatureError
@@ -184,6 +185,13 @@ class Service:
                 raise UnsupportedFeatureError(
                     f"{model_id} does not complete raw prompts", "chat with it instead"
                 )
+            forced = None
+            if req.tools and not caps.tools:
+                # A call the request forces can be generated under its schema instead.
+                forced = forced_tool(req) if caps.json_schema else None
+                if forced is None:
+                    raise UnsupportedFeatureError(*caps.no_tools)
+                req = as_schema_request(req, forced)
             if req.json_schema is not None and not model.capabilities.json_schema:
                 raise UnsupportedFeatureError(
                     f"{lease.handle.resolved.manifest.id} cannot enforce a JSON schema",
@@ -194,7 +202,8 @@ class Service:
             raise
 
         def make() -> Iterator[Chunk]:
-            return model.generate(replace(req, cancelled=lambda: run.cancelled))
+            chunks = model.generate(replace(req, cancelled=lambda: run.cancelled))
+            return chunks if forced is None else as_call(chunks, forced)
 
         def done(result: RunResult[Chunk]) -> None:
             lease.release()
