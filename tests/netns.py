@@ -34,8 +34,7 @@ class NamespacesUnavailable(Exception):
 @dataclass(frozen=True)
 class Namespaces:
     names: tuple[str, ...]
-    addresses: tuple[str, ...]  # each namespace's eth0
-    host_address: str  # the bridge's, in the root namespace
+    addresses: tuple[str, ...]  # each namespace's eth0 (the bridge has 10.77.X.1)
 
     def exec_argv(self, index: int, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside namespace ``index``."""
@@ -105,4 +104,4 @@ def namespaces(count: int) -> Iterator[Namespaces]:
             _ip("-n", name, "link", "set", "eth0", "up")
             _ip("-n", name, "link", "set", "lo", "up")
         addresses = tuple(f"{subnet}.{i + 2}" for i in range(count))
-        yield Namespaces(names, addresses, f"{subnet}.1")
+        yield Namespaces(names, addresses)
