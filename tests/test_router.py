@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from locara.device.profile import detect_profile
 from locara.engine.loader import ModelHandle, load, resolve
 from locara.errors import ConfigError, UsageError
 from locara.ledger.db import UsageDB
-from locara.router.cascade import run
+from locara.router.cascade import agreement, consistency, run
 from locara.router.decide import PolicyRouter, Scored, decide
 from locara.router.policy import RouterPolicy, json_schema, load_policy, parse_policy
 from locara.settings import Settings
@@ -62,6 +63,9 @@ def policy(url: str = "http://127.0.0.1:9/v1", **over: Any) -> RouterPolicy:
         ({"cascade": {"min_mean_logprob": 0.5}}, "cascade.min_mean_logprob: Input should be less than or equal to 0"),
         ({"cascade": {"self_check": {"min_yes_prob": 1.5}}}, "min_yes_prob: Input should be less than or equal to 1"),
         ({"routes": [{"name": "r", "min_similarity": -0.1}]}, "routes.0.min_similarity"),
+        ({"cascade": {"self_consistency": {"min_confidence": 1.2}}}, "self_consistency.min_confidence: Input should be less than or equal to 1"),
+        ({"cascade": {"self_consistency": {"min_confidence": 0.5, "samples": 0}}}, "self_consistency.samples: Input should be greater than or equal to 1"),
+        ({"cascade": {"self_consistency": {"samples": 3}}}, "self_consistency.min_confidence: Field required"),
         ({"candidates": []}, "candidates: Tuple should have at least 1 item"),
         ({"escalate_to": "nowhere"}, "escalate_to names the target 'nowhere', which is not defined"),
         ({"routes": [{"name": "r", "candidates": ["big"]}]}, "route 'r' names the candidate 'big'"),
@@ -251,8 +255,49 @@ def _req() -> GenerationRequest:
                              sampling=Sampling(temperature=0.0, seed=0))  # fmt: skip
 
 
+def test_agreement_compares_words_not_spelling() -> None:
+    said = ["the capital is PARIS", "Paris.", "The capital is Paris!"]
+    assert agreement("The capital is Paris.", said) == pytest.approx(2 / 3)
+    assert agreement("Paris", []) == 0.0
+    assert consistency(0.5, math.log(0.5)) == pytest.approx(0.25)
+    assert consistency(1.0, None) == 0.0  # no tokens: nothing to be confident about
+
+
 def _decide(p: RouterPolicy, s: Settings) -> Any:
     return decide(p, QUESTION, detect_profile(s), s)
+
+
+def test_self_consistency_samples_the_local_model_and_multiplies_by_the_tail(
+    router_home: Settings, small: ModelHandle, strong: StrongEndpoint
+) -> None:
+    seen: list[GenerationRequest] = []
+    gen = _generate(small)
+
+    def recording(scored: Scored, r: GenerationRequest) -> list[Chunk]:
+        seen.append(r)
+        return gen(scored, r)
+
+    p = policy(strong.url, cascade={"self_consistency": {"min_confidence": 0.0, "samples": 3}})
+    out = run(p, _decide(p, router_home), _req(), recording, consent=True)
+    assert not out.escalated and not strong.requests  # 0 is always met: kept
+    # The answer (greedy, with logprobs for the tail), then 3 seeded samples at 0.8.
+    assert [(r.sampling.temperature, r.sampling.seed) for r in seen] == [
+        (0.0, 0), (0.8, 1), (0.8, 2), (0.8, 3)
+    ]  # fmt: skip
+    assert seen[0].logprobs == 0
+    sig = out.signals
+    assert sig.agreement is not None and sig.agreement in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert sig.tail_logprob is not None and sig.confidence is not None
+    assert sig.confidence == pytest.approx(sig.agreement * math.exp(sig.tail_logprob))
+    again = run(p, _decide(p, router_home), _req(), gen, consent=True)
+    assert again.signals == sig  # seeded samples: the same request, the same decision
+    # A confidence demanded above what the answer has escalates, with the numbers.
+    p = policy(strong.url, cascade={"self_consistency": {"min_confidence": 1.0}})
+    out = run(p, _decide(p, router_home), _req(), gen, consent=True)
+    assert out.escalated and out.text == "Paris"
+    assert out.reason == (
+        f"self-consistency {sig.confidence:.2f} < 1.0 ({sig.agreement:.0%} of 3 samples agree)"
+    )
 
 
 def test_cascade_escalates_on_low_confidence(
@@ -401,6 +446,10 @@ def test_served_policy_escalates_with_consent_and_records_it(
             assert r.status_code == 200, r.text
             assert r.headers["X-Locara-Answered-By"] == "local"
             assert "requires consent" in r.json()["locara"]["reason"]
+            signals = r.json()["locara"]["signals"]  # every signal the cascade read, reported
+            assert (
+                signals["mean_logprob"] < 0 and signals["tail_logprob"] <= signals["mean_logprob"]
+            )
             r = _chat(srv.url, {"X-Locara-Consent": "remote"}, model="smart")
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["message"]["content"] == "Paris"

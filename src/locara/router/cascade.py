@@ -2,9 +2,11 @@
 
 The confidence signals are the ones a cascade can read off a local answer cheaply:
 the mean log-probability of its tokens (the backend returns them with the answer),
-whether it satisfies the request's JSON schema, and a self-check — the local model is
-asked whether the answer is right and P("yes") is read from its first token's
-distribution. The first signal under its threshold is the reason for escalating.
+whether it satisfies the request's JSON schema, self-consistency — a few more sampled
+answers, the share that say the same as the greedy one, times the probability of the
+answer's least likely tokens — and a self-check — the local model is asked whether the
+answer is right and P("yes") is read from its first token's distribution. The first
+signal under its threshold is the reason for escalating.
 Escalation also needs a target chain (never under ``local_only``) and, for a target
 with ``require_consent``, the request's consent; without them the local answer stands,
 with the reason it would have escalated.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,12 +45,17 @@ class Signals:
     tail_logprob: float | None = None
     schema_ok: bool | None = None
     yes_prob: float | None = None
+    agreement: float | None = None  # share of the self-consistency samples that agree
+    confidence: float | None = None  # agreement × exp(tail logprob)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mean_logprob": self.mean_logprob,
+            "tail_logprob": self.tail_logprob,
             "schema_ok": self.schema_ok,
             "yes_prob": self.yes_prob,
+            "agreement": self.agreement,
+            "confidence": self.confidence,
         }
 
 
@@ -73,6 +81,22 @@ def mean_logprob(chunks: list[Chunk]) -> float | None:
 def tail_logprob(chunks: list[Chunk]) -> float | None:
     lps = sorted(t.logprob for c in chunks for t in c.logprobs if math.isfinite(t.logprob))
     return sum(lps[:TAIL_TOKENS]) / len(lps[:TAIL_TOKENS]) if lps else None
+
+
+def agreement(answer: str, samples: list[str]) -> float:
+    """The share of ``samples`` that say the same words as ``answer`` (case, spacing and
+    punctuation aside)."""
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    said = words(answer)
+    return sum(words(s) == said for s in samples) / len(samples) if samples else 0.0
+
+
+def consistency(agree: float, tail: float | None) -> float:
+    """Self-consistency confidence: agreement × exp(tail logprob); no tokens, no confidence."""
+    return agree * math.exp(tail) if tail is not None else 0.0
 
 
 def schema_ok(text: str, schema: dict[str, Any]) -> bool:
@@ -117,8 +141,11 @@ def assess(
     req: GenerationRequest,
     chunks: list[Chunk],
     self_check: Callable[[str], float] | None,
+    sample: Callable[[int, float], list[str]] | None = None,
 ) -> tuple[Signals, str | None]:
-    """The signals of a local answer and the first reason to escalate (None: confident)."""
+    """The signals of a local answer and the first reason to escalate (None: confident).
+
+    ``sample(n, temperature)`` returns ``n`` more sampled answers (self-consistency)."""
     text = "".join(c.text for c in chunks)
     mlp, tail = mean_logprob(chunks), tail_logprob(chunks)
     ok = schema_ok(text, req.json_schema) if req.json_schema is not None else None
@@ -129,12 +156,22 @@ def assess(
         reason = f"mean token logprob {mlp:.3f} < {cfg.min_mean_logprob}"
     elif cfg.min_tail_logprob is not None and tail is not None and tail < cfg.min_tail_logprob:
         reason = f"tail logprob (3 least likely tokens) {tail:.3f} < {cfg.min_tail_logprob}"
+    agree = conf = None
+    sc = cfg.self_consistency
+    if reason is None and sc is not None and sample is not None:
+        agree = agreement(text, sample(sc.samples, sc.temperature))
+        conf = consistency(agree, tail)
+        if conf < sc.min_confidence:
+            reason = (
+                f"self-consistency {conf:.2f} < {sc.min_confidence} "
+                f"({agree:.0%} of {sc.samples} samples agree)"
+            )
     yes = None
     if reason is None and cfg.self_check is not None and self_check is not None:
         yes = self_check(text)
         if yes < cfg.self_check.min_yes_prob:
             reason = f"self-check P(yes) {yes:.2f} < {cfg.self_check.min_yes_prob}"
-    return Signals(mlp, tail, ok, yes), reason
+    return Signals(mlp, tail, ok, yes, agree, conf), reason
 
 
 def run(
@@ -178,7 +215,11 @@ def run(
     cascade = decision.mode == "cascade" and bool(chain)
     local_req = req
     c = policy.cascade
-    wants_logprobs = c.min_mean_logprob is not None or c.min_tail_logprob is not None
+    wants_logprobs = (
+        c.min_mean_logprob is not None
+        or c.min_tail_logprob is not None
+        or c.self_consistency is not None
+    )
     if cascade and wants_logprobs and req.logprobs is None:
         local_req = replace(req, logprobs=0)
     chunks = generate(chosen, local_req)
@@ -193,7 +234,16 @@ def run(
         )  # fmt: skip
         return yes_probability(generate(chosen, check))
 
-    signals, why = assess(policy.cascade, req, chunks, self_check)
+    def sample(n: int, temperature: float) -> list[str]:
+        # Seeded: the same request gets the same samples, so the same decision.
+        seed = req.sampling.seed or 0
+        return [
+            "".join(c.text for c in generate(chosen, replace(req, sampling=replace(
+                req.sampling, temperature=temperature, seed=seed + i + 1))))
+            for i in range(n)
+        ]  # fmt: skip
+
+    signals, why = assess(policy.cascade, req, chunks, self_check, sample)
     if why is None:
         return Outcome(text, "local", False, None, signals, chunks, chosen)
     reason = why

@@ -288,6 +288,11 @@ def decide(
             signals.append(f"mean of the 3 least likely tokens' logprobs < {c.min_tail_logprob}")
         if c.json_schema:
             signals.append("answer fails the request's JSON schema")
+        if c.self_consistency is not None:
+            sc = c.self_consistency
+            signals.append(
+                f"self-consistency ({sc.samples} samples) × tail probability < {sc.min_confidence}"
+            )
         if c.self_check is not None:
             signals.append(f"self-check P(yes) < {c.self_check.min_yes_prob}")
         if chain and signals:

@@ -82,6 +82,21 @@ class SelfCheck(_Strict):
     min_yes_prob: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
+class SelfConsistency(_Strict):
+    """Sample the local model ``samples`` more times and escalate below ``min_confidence``.
+
+    confidence = the share of samples that say the same as the answer (the same words,
+    case and punctuation aside) × the probability of its least likely tokens (exp of the
+    tail logprob, 3 tokens). Both must be high: a model that says the same thing every time
+    but with one unlikely word, or a fluent answer that changes from sample to sample, is
+    not trusted. Each sample is one more local generation (and ledger row).
+    """
+
+    min_confidence: float = Field(ge=0.0, le=1.0)
+    samples: int = Field(default=3, ge=1, le=16)
+    temperature: float = Field(default=0.8, gt=0.0, le=2.0)
+
+
 class Cascade(_Strict):
     """Answer locally, then escalate when a confidence signal falls under its threshold."""
 
@@ -101,6 +116,7 @@ class Cascade(_Strict):
     json_schema: bool = Field(
         default=True, description="Escalate when the request has a JSON schema the answer fails"
     )
+    self_consistency: SelfConsistency | None = None
     self_check: SelfCheck | None = None
 
 
