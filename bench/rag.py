@@ -36,8 +36,10 @@ from locara.rag.chunking import ChunkConfig
 from locara.rag.collection import Collection
 from locara.rag.embedder import LocalEmbedder
 from locara.rag.ingest import add_paths
-from locara.rag.search import Fusion, search
+from locara.rag.search import KEYWORD_WEIGHT, VECTOR_WEIGHT, Fusion, search
 from locara.settings import Settings
+
+EQUAL = Fusion(keyword_weight=1.0, vector_weight=1.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ def stdlib_pairs() -> list[Pair]:
     for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
         if "test" in path.parts[-2:][0] or path.name.startswith("test"):
             continue
+        if path.parent.name in ("site-packages", "dist-packages"):
+            continue  # third-party modules installed here, not the standard library
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -99,11 +103,15 @@ def debian_pairs(status: Path = Path("/var/lib/dpkg/status")) -> list[Pair]:
 
 
 def sample(pairs: list[Pair], n: int) -> list[Pair]:
-    seen: set[str] = set()
+    seen_queries: set[str] = set()
+    seen_ids: set[str] = set()
     uniq = []
     for p in sorted(pairs, key=lambda p: hashlib.sha256(p.id.encode()).hexdigest()):
-        if p.query.lower() not in seen:  # a query two documents share cannot be scored
-            seen.add(p.query.lower())
+        # A query two documents share cannot be scored; nor can an id two docstrings share
+        # (methods of two classes in one module): their documents are one file, the last written.
+        if p.query.lower() not in seen_queries and p.id not in seen_ids:
+            seen_queries.add(p.query.lower())
+            seen_ids.add(p.id)
             uniq.append(p)
     return uniq[:n]
 
@@ -209,7 +217,7 @@ def main() -> None:
         best_size, best_score = sizes[0], -1.0
         for size in sizes:
             results[size] = ingest(settings, f"c{size}", docs, emb, size)
-            score = evaluate(results[size][0], dev, qv, Fusion())["nDCG@10"]
+            score = evaluate(results[size][0], dev, qv, EQUAL)["nDCG@10"]
             print(f"dev  chunk {size:>5}: hybrid nDCG@10 {score:.3f} ({results[size][1]} chunks)")
             if score > best_score:
                 best_size, best_score = size, score
@@ -228,7 +236,8 @@ def main() -> None:
         modes = {
             "keyword only (BM25)": Fusion(vector_weight=0),
             "vector only (KNN)": Fusion(keyword_weight=0),
-            "hybrid RRF (1, 1)": Fusion(),
+            "hybrid RRF (1, 1)": EQUAL,
+            f"hybrid RRF ({KEYWORD_WEIGHT}, {VECTOR_WEIGHT}) default": Fusion(),
             f"hybrid RRF ({best_w[0]}, {best_w[1]}) tuned": Fusion(
                 keyword_weight=best_w[0], vector_weight=best_w[1]
             ),
