@@ -75,7 +75,7 @@ LOCARA, LLAMA_SERVER, LCP_SERVER, DIRECT = (
 SETTINGS = (
     "--threads", "--threads-batch", "--parallel", "--ctx-size", "--no-kv-unified",
     "--n-gpu-layers", "--flash-attn", "--cache-type-k", "--cache-type-v", "--batch-size",
-    "--cache-ram",
+    "--cache-ram", "--embeddings", "--pooling", "--ubatch-size",
 )  # fmt: skip
 
 
@@ -201,6 +201,8 @@ def llama_server_argv(binary: WorkerBinary, model: Path, plan: Plan, port: int) 
         "--flash-attn", "on" if fa else "off",
         "--cache-type-k", plan.kv_type, "--cache-type-v", plan.kv_type,
         "--batch-size", str(min(plan.n_batch, total)), "--cache-ram", "0",
+        # Locara's workers embed too (one copy of a chat model serves both).
+        "--embeddings", "--pooling", "mean", "--ubatch-size", str(min(plan.n_batch, total)),
     ]  # fmt: skip
 
 
@@ -254,7 +256,7 @@ def check_same_settings(locara: Server, bare: Server) -> str:
         out: dict[str, str] = {}
         for i, a in enumerate(argv):
             if a in SETTINGS:
-                valueless = a == "--no-kv-unified"
+                valueless = a in ("--no-kv-unified", "--embeddings")
                 out[a] = "" if valueless or i + 1 == len(argv) else argv[i + 1]
         return out
 

@@ -81,8 +81,10 @@ else
   SERVER_CMAKE_FLAGS="$SERVER_CMAKE_FLAGS -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"
 fi
 SERVER_TARGETS="llama-server ggml-rpc-server llama-bench"
-SERVER_KEY="$(printf '%s %s %s' "$LLAMA_VERSION" "$SERVER_CMAKE_FLAGS" "$SERVER_TARGETS" \
-  | sha256sum | cut -c1-16)"
+# Locara's own changes to llama-server (each file says why), applied before the build.
+SERVER_PATCHES=("$ROOT"/scripts/patches/llama-server-*.patch)
+SERVER_KEY="$( { printf '%s %s %s' "$LLAMA_VERSION" "$SERVER_CMAKE_FLAGS" "$SERVER_TARGETS"; \
+  cat "${SERVER_PATCHES[@]}"; } | sha256sum | cut -c1-16)"
 SERVER_DIR="$WHEELHOUSE/llama-server-$SERVER_KEY"
 # Where Locara looks at runtime (locara.backends.worker_binary): inside the virtualenv,
 # so no environment variable is needed and the venv stays self-contained.
@@ -98,6 +100,12 @@ build_llama_server() {  # builds into $SERVER_DIR/bin, atomically (a partial bui
     -d "$work" "llama-cpp-python==$LLAMA_VERSION"
   tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
   src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
+  local patch_file
+  for patch_file in "${SERVER_PATCHES[@]}"; do
+    log "applying $(basename "$patch_file")"
+    git -C "$src" apply -p1 "$patch_file" \
+      || { log "$(basename "$patch_file") does not apply to llama.cpp $LLAMA_VERSION"; return 1; }
+  done
 
   local cmake="cmake"
   if ! command -v cmake >/dev/null 2>&1; then

@@ -311,6 +311,75 @@ def test_litellm_openai_provider_round_trip(server: RunningServer, litellm: Any)
     assert len(e.data[0]["embedding"]) == 384
 
 
+# -- 6. one loaded copy of a chat model serves chat and embeddings -----------------------
+# A stream that cannot end before max_tokens: its schema needs ~1,200 tokens.
+LONG_STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "List numbers."}],
+    "max_tokens": 600,
+    "stream": True,
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "numbers",
+            "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 400},
+        },
+    },
+}
+
+
+def _loaded(url: str, model: str) -> list[dict[str, Any]]:
+    ps = httpx.get(f"{url}/api/ps").json()["models"]
+    return [m for m in ps if m["name"] == f"{model}:latest"]
+
+
+def test_a_chat_model_embeds_with_the_copy_that_chats(
+    server: RunningServer, oai: openai.OpenAI, oll: ollama.Client
+) -> None:
+    from locara.engine.loader import load, resolve
+    from locara.planner.plan import PlanRequest
+    from locara.settings import Settings
+
+    oai.chat.completions.create(model=MODEL, messages=CAPITAL, max_tokens=2)  # type: ignore[arg-type]
+    texts = ["Paris is in France", "a cat sat on the mat in the sun all afternoon"]
+    vectors = [d.embedding for d in oai.embeddings.create(model=MODEL, input=texts).data]
+    assert oll.embed(model=MODEL, input=texts[1]).embeddings[0] == pytest.approx(
+        vectors[1], abs=1e-6
+    )  # one input alone or beside another: the same vector
+    (entry,) = _loaded(server.url, MODEL)  # one loaded copy, not a chat and an embedding one
+    assert entry["locara"]["runtime"] == "llama-server" and not entry["locara"]["embedding"]
+    # The vectors the model computes in process (mean-pooled, normalised), as before.
+    settings = Settings.from_env({"LOCARA_HOME": str(server.home)})
+    plan = PlanRequest(features=frozenset({"embeddings"}))
+    handle = load(settings, resolve(settings, MODEL, request=plan))
+    try:
+        for mine, theirs in zip(handle.model.embed(texts), vectors, strict=True):
+            assert sum(a * b for a, b in zip(mine, theirs, strict=True)) > 0.999
+    finally:
+        handle.close()
+
+
+def test_an_embedding_does_not_wait_for_the_generations_beside_it(
+    server: RunningServer, oai: openai.OpenAI
+) -> None:
+    """llama-server never batches an embedding with generating slots and batched those
+    first: an embedding waited until every generation ended (Locara's patch gives it
+    every other batch). Asserted on order, not time: the embedding is answered while
+    the generation is still running."""
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=LONG_STREAM, timeout=300
+    ) as stream:
+        events = (ln for ln in stream.iter_lines() if ln.startswith("data: {"))
+        next(events)
+        next(events)  # generating now
+        r = oai.embeddings.create(model=MODEL, input="Is the generation still running?")
+        assert len(r.data[0].embedding) == 576
+        (entry,) = _loaded(server.url, MODEL)
+        assert entry["locara"]["in_flight"] == 1, "the generation ended before the embedding"
+        last = json.loads(list(events)[-1][len("data: ") :])
+    assert last["choices"][0]["finish_reason"] == "length"
+
+
 # -- 5. Ollama details -------------------------------------------------------------------
 
 

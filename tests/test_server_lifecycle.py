@@ -24,6 +24,7 @@ from locara.settings import Settings
 from server_harness import RunningServer, metric, running_server, wait_until
 
 MODEL = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
 CTX = 512
 LONG = {
     "model": MODEL,
@@ -60,12 +61,12 @@ def metrics(server: RunningServer) -> str:
     return httpx.get(f"{server.url}/metrics").text
 
 
-def loaded_modes(server: RunningServer) -> set[str]:
+def loaded_modes(server: RunningServer, model: str = MODEL) -> set[str]:
     text = metrics(server)
     return {
         mode
         for mode in ("generation", "embedding")
-        if f'locara_model_memory_bytes{{model="{MODEL}",mode="{mode}"}}' in text
+        if f'locara_model_memory_bytes{{model="{model}",mode="{mode}"}}' in text
     }
 
 
@@ -96,14 +97,14 @@ def test_lru_eviction_stays_inside_the_budget(server: RunningServer) -> None:
     assert chat(server, keep_alive=-1).status_code == 200
     assert loaded_modes(server) == {"generation"}
     r = httpx.post(
-        f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "hello", "keep_alive": -1}
+        f"{server.url}/v1/embeddings", json={"model": EMBED, "input": "hello", "keep_alive": -1}
     )
     assert r.status_code == 200
-    # Both do not fit: the idle, least recently used generation model made room.
-    assert loaded_modes(server) == {"embedding"}
+    # Both do not fit: the idle, least recently used chat model made room.
+    assert loaded_modes(server) == set() and loaded_modes(server, EMBED) == {"embedding"}
     assert "evicting smollm2-135m-instruct (least recently used)" in server.log_text()
     assert chat(server, keep_alive=-1).status_code == 200
-    assert loaded_modes(server) == {"generation"}
+    assert loaded_modes(server) == {"generation"} and loaded_modes(server, EMBED) == set()
 
 
 def test_queue_overflow_is_503_with_retry_after(server: RunningServer) -> None:
@@ -124,8 +125,11 @@ def test_queue_overflow_is_503_with_retry_after(server: RunningServer) -> None:
             )
         assert exc.value.status_code == 503
         # Another model would not fit next to the busy one: refused too, not queued forever.
-        r = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "x"})
+        r = httpx.post(f"{server.url}/v1/embeddings", json={"model": EMBED, "input": "x"})
         assert r.status_code == 503 and "retry-after" in r.headers
+        # The busy model's own embeddings wait in its queue like a chat (depth 0 here).
+        r = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, "input": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "queue_full"
         assert next(events)["choices"][0]["finish_reason"] is None  # still going
     assert wait_until(lambda: idle(server))
     assert chat(server).status_code == 200

@@ -352,7 +352,8 @@ class Availability:
 
 class LoadedModel(Protocol):
     capabilities: Capabilities
-    n_ctx: int
+    n_ctx: int  # tokens of one request (prompt and answer)
+    embed_ctx: int  # tokens of one embedding input (0: it does not embed)
 
     def generate(self, req: GenerationRequest) -> Iterator[Chunk]: ...
 

@@ -132,6 +132,7 @@ class LlamaCppModel:
         self.opts = opts
         self.n_threads = threads
         self.n_ctx: int = int(llm.n_ctx())
+        self.embed_ctx = self.n_ctx if opts.embedding else 0
         self.capabilities = Capabilities(
             chat=template is not None,
             completion=True,

@@ -126,10 +126,15 @@ class WorkerConfig:
     # LoRA adapters loaded at scale 0 (--lora-init-without-apply): a request names its
     # own stack by index, as llama-server's per-request "lora" list does.
     lora: tuple[Path, ...] = ()
+    # Embeddings from the same loaded model (mean-pooled, as in process): one copy of a
+    # chat model serves both. llama-server computes an input in one micro-batch, so the
+    # micro-batch is the batch (its default, 512, is the plan's) and caps an input.
+    embeddings: bool = False
 
     def argv(self, binary: Path, socket_path: Path) -> list[str]:
         """The command line; the API key travels in the environment, out of ``ps``."""
         total = self.n_ctx * self.n_parallel
+        batch = min(self.n_batch, total)
         # A quantized V cache needs flash attention (as in process); "auto" would be a
         # decision made outside the plan, so it is always on or off.
         fa = self.flash_attn or self.kv_type != "f16"
@@ -151,13 +156,16 @@ class WorkerConfig:
             "--flash-attn", "on" if fa else "off",
             "--cache-type-k", self.kv_type,
             "--cache-type-v", self.kv_type,
-            "--batch-size", str(min(self.n_batch, total)),
+            "--batch-size", str(batch),
             "--cache-ram", str(self.cache_ram_mib),
             "--fit", "off",  # never shrink the context or offload on its own
             "--metrics",
             "--no-webui",
             "--jinja",  # the model's own template, so llama.cpp can parse its tool calls
-        ] + (["--rpc", ",".join(self.rpc)] if self.rpc else []) + [
+        ] + (
+            ["--embeddings", "--pooling", "mean", "--ubatch-size", str(batch)]
+            if self.embeddings else []
+        ) + (["--rpc", ",".join(self.rpc)] if self.rpc else []) + [
             a for path in self.lora for a in ("--lora", str(path))
         ] + (["--lora-init-without-apply"] if self.lora else []) + (
             ["--mmproj", str(self.mmproj)]
@@ -534,6 +542,10 @@ class LlamaServerBackend:
             rpc=opts.rpc_servers,
             mmproj=_projector(path, manifest),
             lora=tuple(a.path for a in opts.lora),
+            # Every worker can embed too: a chat model asked for embeddings is not loaded
+            # a second time (scripts/patches: an embedding waits one batch, not for every
+            # generation on the worker to end).
+            embeddings=True,
         )
         template = manifest.config.chat_template or info.chat_template
         return LlamaServerModel(
@@ -599,10 +611,12 @@ class LlamaServerModel:
         self.template = template
         self.n_ctx: int = worker.config.n_ctx
         self.n_parallel = worker.config.n_parallel
+        embeddings = worker.config.embeddings
+        self.embed_ctx = 0
         self.capabilities = Capabilities(
             chat=template is not None,
             completion=True,
-            embed=False,
+            embed=embeddings,
             json_schema=True,
             tools=False,
             logprobs=True,
@@ -610,6 +624,7 @@ class LlamaServerModel:
             vision=worker.config.mmproj is not None,
         )
         self._closed = False
+        self._embed_lock = threading.Lock()
         self._vocab = _Vocab(worker.config.model_path)
         try:
             # llama-server stops at end-of-generation tokens itself (and still sends its
@@ -618,6 +633,10 @@ class LlamaServerModel:
             self._stop_ids = {
                 t[0] for t in stop_ids if len(t) == 1 and not self._vocab.is_eog(t[0])
             }
+            if embeddings:
+                # The worker adds the BOS token to an input; count_tokens does not count it.
+                bos = 1 if self._vocab.facts.add_bos else 0
+                self.embed_ctx = min(worker.config.n_batch, self.n_ctx) - bos
             if start:
                 worker.start()
                 self.capabilities = replace(self.capabilities, **self._tool_support())
@@ -944,10 +963,44 @@ class LlamaServerModel:
 
     # -- the rest of the protocol --------------------------------------------------
     def embed(self, texts: list[str]) -> list[list[float]]:
-        raise UnsupportedFeatureError(
-            "the llama-server backend does not serve embeddings yet",
-            "load embedding models with the llama_cpp backend",
-        )
+        """Mean-pooled, L2-normalised vectors, as the in-process backend computes them;
+        inputs of at most ``embed_ctx`` tokens (the caller fits them).
+
+        One input at a time: with a KV cache per slot (``--no-kv-unified``) llama.cpp
+        pools wrongly when inputs of different lengths share a batch (cosine 0.91 to the
+        input's own vector, measured), so no two inputs ever do.
+        """
+        if self._closed:
+            raise BackendError(f"{self.manifest.id} was unloaded", "load the model again")
+        if not self.capabilities.embed:
+            raise UnsupportedFeatureError(
+                f"{self.manifest.id}'s worker was started without embeddings",
+                "load it again (every new worker serves them)",
+            )
+        with self._embed_lock:
+            return [self._embed_one(t) for t in texts]
+
+    def _embed_one(self, text: str) -> list[float]:
+        self.worker.ensure_running()
+        pid = self.worker.pid
+        try:
+            resp = self.worker.client.post("/v1/embeddings", json={"input": text})
+        except httpx.HTTPError as exc:
+            raise self._broken(pid, exc) from exc
+        if resp.status_code != 200:
+            raise BackendError(
+                f"llama-server refused the embedding (HTTP {resp.status_code}): "
+                + " ".join(resp.text.split())[:300],
+                f"see its log: {self.worker.log_path}",
+            )
+        try:
+            (item,) = resp.json()["data"]
+            return [float(x) for x in item["embedding"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"llama-server sent a malformed embedding: {exc}",
+                f"see its log: {self.worker.log_path}",
+            ) from exc
 
     def close(self) -> None:
         if self._closed:

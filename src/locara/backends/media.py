@@ -103,6 +103,7 @@ class MediaModel:
 
     capabilities: Capabilities
     n_ctx: int
+    embed_ctx = 0
     model_id: str
     task: str  # "a speech-to-text" | "an OCR"
     use: str  # where to send its inputs

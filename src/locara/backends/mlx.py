@@ -107,6 +107,7 @@ class MlxModel:
         self.template = template
         self.opts = opts
         self.n_ctx: int = opts.n_ctx
+        self.embed_ctx = 0
         self.capabilities = Capabilities(
             chat=template is not None,
             completion=True,

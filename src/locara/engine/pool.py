@@ -202,6 +202,20 @@ class ModelPool:
             n_parallel=None if embedding else self.config.n_parallel,
         )
         resolved = self._resolve(reference, request)
+        if embedding and resolved.manifest.modality != "embedding":
+            # A chat model's embeddings come from its own llama-server worker, loaded for
+            # generation as for any chat: one copy serves both, listed once.
+            shared = self._resolve(
+                reference,
+                replace(
+                    request,
+                    n_ctx=None,  # an input is capped by the batch, not by the context
+                    features=frozenset({"generation"}),
+                    n_parallel=self.config.n_parallel,
+                ),
+            )
+            if shared.plan.runtime == "llama-server":
+                resolved, embedding, n_ctx = shared, False, None
         plan = resolved.plan
         # The plan may give less than asked (memory); a loaded context that large will do.
         want = (plan.n_ctx or n_ctx) if n_ctx is not None else None

@@ -60,8 +60,8 @@ class LocalEmbedder:
         for i in range(0, len(texts), BATCH):
             batch = [
                 t
-                if model.count_tokens(t) <= model.n_ctx
-                else truncate_to_tokens(model, t, model.n_ctx)
+                if model.count_tokens(t) <= model.embed_ctx
+                else truncate_to_tokens(model, t, model.embed_ctx)
                 for t in texts[i : i + BATCH]
             ]
             out.extend(model.embed(batch))

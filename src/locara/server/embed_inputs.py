@@ -14,7 +14,7 @@ def fit_embedding_inputs(
 
     Tokenizes (more than once when cutting): call it in a thread, never on the event loop.
     """
-    limit = model.n_ctx  # count_tokens includes the tokens added around each input
+    limit = model.embed_ctx  # count_tokens includes the tokens added around each input
     out: list[str] = []
     for i, text in enumerate(texts):
         n = _tokens(model, text)
@@ -27,8 +27,8 @@ def fit_embedding_inputs(
             raise HTTPError(
                 400,
                 f"input {i} is {size}, more than the {limit} tokens {model_id} embeds per "
-                "input (its context, counting the special tokens added around each input)",
-                "split the text into shorter chunks, raise num_ctx, "
+                "input (counting the special tokens added around each input)",
+                "split the text into shorter chunks, "
                 "or (Ollama's /api/embed) leave truncate at its default, true",
                 code="context_length_exceeded",
                 param="input",

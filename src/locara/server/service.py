@@ -274,8 +274,8 @@ class Service:
             fitted = fit_embedding_inputs(model, model_id, texts, truncate=truncate)
             counts = [model.count_tokens(t) for t in fitted]
             for n in counts:
-                if n > model.n_ctx:
-                    raise ContextOverflowError(n, 0, model.n_ctx)
+                if n > model.embed_ctx:
+                    raise ContextOverflowError(n, 0, model.embed_ctx)
             return counts, model.embed(fitted)
 
         try:
