@@ -290,7 +290,11 @@ def test_the_pool_loads_what_the_plan_says(
     try:
         chat = pool.acquire(None)
         chat.release()
-        embed = pool.acquire(None, embedding=True, n_ctx=512)
+        # The chat model's own embeddings come from the copy that chats (its worker).
+        same = pool.acquire(None, embedding=True, n_ctx=512)
+        same.release()
+        assert same.handle is chat.handle and chat.handle.plan.runtime == "llama-server"
+        embed = pool.acquire("all-minilm-l6-v2", embedding=True, n_ctx=512)
         embed.release()
         assert handed == [chat.handle.options, embed.handle.options]
         for lease in (chat, embed):
