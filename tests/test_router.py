@@ -436,9 +436,9 @@ def test_served_policy_escalates_with_consent_and_records_it(
         path = tmp_path / "p.json"
         target = {"name": "strong", "base_url": strong.url, "model": "strong-1", "timeout_s": 5,
                   "api_key_env": "ROUTER_TEST_KEY", "price": {"input": 1.0, "output": 2.0}}  # fmt: skip
-        path.write_text(
-            json.dumps(policy_dict(targets=[target], cascade={"min_mean_logprob": -0.0001}))
-        )
+        # Every answer's confidence is < 1: each request samples twice, then escalates.
+        cascade = {"self_consistency": {"min_confidence": 1.0, "samples": 2}}
+        path.write_text(json.dumps(policy_dict(targets=[target], cascade=cascade)))
         env = {"ROUTER_TEST_KEY": SECRET, "EGRESS_LOG": str(egress)}
         with running_server(home, env, args=["--policy", str(path)],
                             launcher=[str(REPO / "tests/egress_guard.py")]) as srv:  # fmt: skip
@@ -447,8 +447,9 @@ def test_served_policy_escalates_with_consent_and_records_it(
             assert r.headers["X-Locara-Answered-By"] == "local"
             assert "requires consent" in r.json()["locara"]["reason"]
             signals = r.json()["locara"]["signals"]  # every signal the cascade read, reported
-            assert (
-                signals["mean_logprob"] < 0 and signals["tail_logprob"] <= signals["mean_logprob"]
+            assert signals["tail_logprob"] <= signals["mean_logprob"] < 0
+            assert signals["confidence"] == pytest.approx(
+                signals["agreement"] * math.exp(signals["tail_logprob"])
             )
             r = _chat(srv.url, {"X-Locara-Consent": "remote"}, model="smart")
             assert r.status_code == 200, r.text
@@ -465,12 +466,16 @@ def test_served_policy_escalates_with_consent_and_records_it(
     routed = [r for r in rows if r["route"]]
     remote = [r for r in routed if r["backend"] == "remote:strong"]
     assert len(remote) == 1 and remote[0]["escalated"] == 1 and remote[0]["cost_usd"] > 0
-    assert remote[0]["route_reason"].startswith("mean token logprob")
+    assert remote[0]["route_reason"].startswith("self-consistency")
     local = [r for r in routed if r["backend"] == "llama_cpp"]
-    assert len(local) == 3 and {r["route"] for r in local} == {"smart/(default)"}
-    assert sum(r["escalated"] for r in local) == 1  # the attempt that was escalated
-    kept = [r for r in local if not r["escalated"]]
-    assert all(r["saved_usd"] > 0 for r in kept)
+    checks = [r for r in local if r["extra"].get("route_check")]
+    answers = [r for r in local if r not in checks]
+    assert len(answers) == 3 and len(checks) == 6  # 2 samples per request: not requests
+    assert {r["route"] for r in local} == {"smart/(default)"}
+    assert sum(r["escalated"] for r in answers) == 1  # the attempt that was escalated
+    kept = [r for r in answers if not r["escalated"]]
+    assert all(r["saved_usd"] > 0 for r in kept)  # the saving is the answer's, once
+    assert all(r["saved_usd"] is None for r in checks)
     res = run_cli("usage", home=home)
     assert "Routed by policy: 3 requests, 2 answered locally, 1 escalated" in res.stdout, res.stdout
 

@@ -56,6 +56,9 @@ class RouteUsage:
     reason: str | None = None
     cost_usd: float | None = None  # what a remote target charged (list price)
     saved_usd: float | None = None  # answered locally: what the target would have charged
+    # A generation the cascade ran to judge the answer (a self-consistency sample, a
+    # self-check), not an answer: kept in ``extra`` as route_check, never a request.
+    check: bool = False
 
 
 def _row(rec: UsageRecord) -> dict[str, Any]:
@@ -80,7 +83,9 @@ def _row(rec: UsageRecord) -> dict[str, Any]:
         "load_s": num(rec.load_s),
         "status": rec.status,
         "error": rec.error,
-        "extra": dict(rec.extra),
+        "extra": {**rec.extra, "route_check": "1"}
+        if rec.route and rec.route.check
+        else dict(rec.extra),
         "audio_s": num(rec.audio_s),
         "images": int(rec.images),
         "route": rec.route.route if rec.route else None,

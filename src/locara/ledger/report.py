@@ -136,7 +136,11 @@ def _routing(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     remote = [r for r in routed if str(r["backend"]).startswith("remote:")]
     answered_locally = [
-        r for r in routed if not str(r["backend"]).startswith("remote:") and not r["escalated"]
+        r
+        for r in routed
+        if not str(r["backend"]).startswith("remote:")
+        and not r["escalated"]
+        and not (r.get("extra") or {}).get("route_check")  # a check, not an answer
     ]
     return {
         "requests": len(answered_locally) + len(remote),

@@ -128,15 +128,18 @@ class _Attempts:
         remote answer, if any. Never raises: record_usage does not."""
         escalated = bool(outcome and outcome.escalated)
         reason = outcome.reason if outcome else error
-        for attempt in self.done:
-            usage = attempt.chunks[-1].usage if attempt.chunks else None
+        for i, attempt in enumerate(self.done):
+            # The first generation is the answer; the rest are the cascade's checks of it.
+            usage = attempt.chunks[-1].usage if attempt.chunks and i == 0 else None
             saved = None
             if outcome is not None and not escalated and self.price and usage:
                 saved = (
                     usage.prompt_tokens * self.price.input
                     + usage.completion_tokens * self.price.output
                 ) / 1e6
-            attempt.verdict.set_result(RouteUsage(self.route, escalated, reason, None, saved))
+            attempt.verdict.set_result(
+                RouteUsage(self.route, escalated, reason, None, saved, check=i > 0)
+            )
         if outcome is not None and outcome.remote is not None:
             r = outcome.remote
             record_usage(
