@@ -5,6 +5,10 @@ OpenAI-compatible server on 127.0.0.1 that returns the answer key — correct by
 construction, NOT a model (tests/strong_endpoint.py); so "always escalate" scores 100%
 and the question is how much of that a cascade keeps while answering locally.
 
+Signals compared: mean token logprob, tail logprob (the 3 least likely tokens), a
+self-check (P("yes") that the answer is right) and self-consistency (3 answers sampled at
+temperature 0.8: the share that say the same as the greedy answer, × exp(tail logprob)).
+
 The set, made here (no download): an EASY class (capitals of well-known countries,
 opposites of common words) and a HARD class (3-digit × 2-digit products, capitals of
 less-known countries). Items are split into dev and test by a hash of the prompt; the
@@ -24,7 +28,7 @@ import random
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from locara.backends.base import Chunk, GenerationRequest, Message, Sampling
 from locara.device.profile import current_device
 from locara.engine.loader import load, resolve
-from locara.router.cascade import SELF_CHECK, mean_logprob, run, tail_logprob, yes_probability
+from locara.router.cascade import (
+    SELF_CHECK,
+    agreement,
+    consistency,
+    mean_logprob,
+    run,
+    tail_logprob,
+    yes_probability,
+)
 from locara.router.decide import Scored, decide
 from locara.router.policy import RouterPolicy
 from locara.settings import Settings
@@ -117,15 +129,19 @@ class Probe:
     mean_lp: float
     tail_lp: float
     yes: float
+    cons: float  # self-consistency: agreement of SAMPLES sampled answers × exp(tail)
     cost: float  # what escalating this request costs at the list price
 
 
 def probe(gen: Callable[[GenerationRequest], list[Chunk]], count: Callable[[str], int],
           it: Item) -> Probe:  # fmt: skip
-    req = GenerationRequest(messages=(Message("user", it.prompt),), max_tokens=16,
-                            sampling=Sampling(temperature=0.0, seed=0), logprobs=0)  # fmt: skip
-    chunks = gen(req)
+    plain = GenerationRequest(messages=(Message("user", it.prompt),), max_tokens=16,
+                              sampling=Sampling(temperature=0.0, seed=0))  # fmt: skip
+    chunks = gen(replace(plain, logprobs=0))
     text = "".join(c.text for c in chunks)
+    # The samples the cascade draws for this request: the same seeds, so the same answers.
+    samples = ["".join(c.text for c in gen(replace(plain, sampling=replace(
+        plain.sampling, temperature=0.8, seed=i + 1)))) for i in range(SAMPLES)]  # fmt: skip
     check = GenerationRequest(
         messages=(Message("user", SELF_CHECK.format(question=it.prompt, answer=text)),),
         max_tokens=1, sampling=Sampling(temperature=0.0, seed=0), logprobs=10,
@@ -134,8 +150,10 @@ def probe(gen: Callable[[GenerationRequest], list[Chunk]], count: Callable[[str]
     prompt_t = usage.prompt_tokens if usage else count(it.prompt)
     out_t = count(it.answer) + 1
     cost = (prompt_t * PRICE["input"] + out_t * PRICE["output"]) / 1e6
-    return Probe(it, it.correct(text), mean_logprob(chunks) or 0.0, tail_logprob(chunks) or 0.0,
-                 yes_probability(gen(check)), cost)  # fmt: skip
+    tail = tail_logprob(chunks)
+    return Probe(it, it.correct(text), mean_logprob(chunks) or 0.0, tail or 0.0,
+                 yes_probability(gen(check)), consistency(agreement(text, samples), tail),
+                 cost)  # fmt: skip
 
 
 def curve(probes: list[Probe], signal: str, thresholds: list[float]) -> list[dict[str, float]]:
@@ -174,7 +192,9 @@ SIGNALS = {  # probe field -> (policy field, thresholds)
     "mean_lp": ("min_mean_logprob", [round(-2.0 + 0.05 * i, 2) for i in range(41)]),
     "tail_lp": ("min_tail_logprob", [round(-6.0 + 0.25 * i, 2) for i in range(25)]),
     "yes": ("self_check", [round(0.05 * i, 2) for i in range(21)]),
+    "cons": ("self_consistency", [round(0.05 * i, 2) for i in range(21)]),
 }
+SAMPLES = 3  # self-consistency samples (the policy's default)
 
 
 def main() -> None:
@@ -196,7 +216,10 @@ def main() -> None:
     for sig, (field, ts) in SIGNALS.items():
         pick = best(curve(dev_p, sig, ts))
         t = pick["threshold"]
-        picks[sig] = {"self_check": {"min_yes_prob": t}} if field == "self_check" else {field: t}
+        picks[sig] = {
+            "self_check": {"self_check": {"min_yes_prob": t}},
+            "self_consistency": {"self_consistency": {"min_confidence": t, "samples": SAMPLES}},
+        }.get(field, {field: t})
         print(f"chosen on dev: {field} {t} (dev: {pick['local']:.0%} local, "
               f"accuracy {pick['accuracy']:.1%})")  # fmt: skip
     dev_arith = [p for p in dev_p if not any(k in p.item.prompt for k in ("*",))]
@@ -209,6 +232,8 @@ def main() -> None:
         scaled = [{**r, "accuracy": (r["accuracy"] * len(dev_arith) + n_arith) / n,
                    "local": r["local"] * len(dev_arith) / n} for r in rows]  # fmt: skip
         t = best(scaled)["threshold"]
+        if sig == "cons":
+            return {"self_consistency": {"min_confidence": t, "samples": SAMPLES}}
         return {SIGNALS[sig][0]: t}
 
     # Test, end to end: the policy, the cascade, HTTP to the scripted strong endpoint.
@@ -253,15 +278,16 @@ def main() -> None:
          "escalations": n - local_right, "cost": oracle_cost},
         *(cascade_row("cascade", picks[sig], []) for sig in SIGNALS),
         cascade_row("arithmetic route + cascade", best_with_route("tail_lp"), ARITHMETIC),
+        cascade_row("arithmetic route + cascade", best_with_route("cons"), ARITHMETIC),
     ]  # fmt: skip
     print(
         f"\ntest set ({n} prompts), end to end; the strong endpoint is scripted (correct by construction):"
     )
     print(
-        f"{'policy':58} {'accuracy':>8} {'loss':>6} {'local':>6} {'escal.':>6} {'cost $':>9} {'vs always':>9}"
+        f"{'policy':76} {'accuracy':>8} {'loss':>6} {'local':>6} {'escal.':>6} {'cost $':>9} {'vs always':>9}"
     )
     for r in rows:
-        print(f"{r['policy']:58} {r['accuracy']:>8.1%} {1 - r['accuracy']:>6.1%} {r['local']:>6.0%} "
+        print(f"{r['policy']:76} {r['accuracy']:>8.1%} {1 - r['accuracy']:>6.1%} {r['local']:>6.0%} "
               f"{r['escalations']:>6} {r['cost']:>9.6f} {r['cost'] / always:>9.0%}")  # fmt: skip
     for kind in ("easy", "hard"):
         ps = [p for p in test_p if p.item.kind == kind]
