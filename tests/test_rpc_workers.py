@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -124,10 +125,14 @@ class Worker:
 
 @contextmanager
 def running_workers(
-    log_dir: Path, endpoints: list[str], inside: Callable[[int, list[str]], list[str]]
+    log_dir: Path,
+    endpoints: list[str],
+    inside: Callable[[int, list[str]], list[str]],
+    env: dict[str, str] | None = None,
 ) -> Iterator[list[Worker]]:
     """``locara worker --listen ENDPOINT`` for each endpoint, its argv wrapped by
-    ``inside(index, argv)`` (a network namespace, or nothing), until every one listens."""
+    ``inside(index, argv)`` (a network namespace, or nothing), with ``env`` added to
+    this environment, until every one listens."""
     started = []
     try:
         for i, endpoint in enumerate(endpoints):
@@ -135,7 +140,12 @@ def running_workers(
             if not is_loopback(endpoint.rpartition(":")[0]):
                 argv.append("--i-know-this-is-unauthenticated")
             with (log_dir / f"worker-{i}.log").open("wb") as log:
-                proc = subprocess.Popen(inside(i, argv), stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    inside(i, argv),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **(env or {})},
+                )
             started.append(Worker(endpoint, proc))
         for w in started:
             assert wait_until(lambda e=w.endpoint: _listening(e), timeout=30), f"{w.endpoint} down"
@@ -215,26 +225,36 @@ def test_a_model_split_across_two_workers_answers_as_it_does_locally(
     with running_server(tmp_path / "home", {"LOCARA_RPC": ",".join(endpoints)}) as split:
         _assert_split_answer(split.url, workers, local_answer)
 
-        # A worker killed mid-answer: that request fails cleanly...
-        events = []
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 3000, "stream": True,
-                "temperature": 0, "response_format": {"type": "json_object"}}  # fmt: skip
-        with httpx.stream(
-            "POST", f"{split.url}/v1/chat/completions", json=body, timeout=120
-        ) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data: {"):
-                    events.append(json.loads(line[6:]))
-                    if len(events) == 3:
-                        os.kill(workers[0].proc.pid, signal.SIGKILL)
-        assert "error" in events[-1], events[-1]
-        assert "llama-server" in events[-1]["error"]["message"]
-        # ...and the next one is planned again, with the worker that still answers.
-        r = _chat(split.url)
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == local_answer
-        assert _ps_rpc(split.url) == endpoints[1:]
+        # A worker killed mid-answer: that request fails cleanly, and the next one is
+        # planned again with the worker that still answers.
+        kill = partial(os.kill, workers[0].proc.pid, signal.SIGKILL)
+        error = _fail_mid_answer(split.url, kill, endpoints[1:], local_answer)
+        assert "llama-server" in error
         assert split.proc.poll() is None
+
+
+def _fail_mid_answer(
+    url: str, mid_answer: Callable[[], None], remaining: list[str], answer: str
+) -> str:
+    """A long greedy stream that ``mid_answer()`` breaks after its third event ends with an
+    error event (the client's 120 s read timeout fails the test if it hangs); the next
+    request is planned again with the ``remaining`` workers and gives ``answer``.
+    Returns the error event's message."""
+    events = []
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 3000, "stream": True,
+            "temperature": 0, "response_format": {"type": "json_object"}}  # fmt: skip
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+                if len(events) == 3:
+                    mid_answer()
+    assert "error" in events[-1], events[-1]
+    r = _chat(url)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == answer
+    assert _ps_rpc(url) == remaining
+    return str(events[-1]["error"]["message"])
 
 
 @pytest.fixture
@@ -247,6 +267,7 @@ def two_namespaces() -> Iterator[Namespaces]:
         yield ns
 
 
+@pytest.mark.slow  # ~20 s: it waits out GGML_RPC_TIMEOUT and two probes of a dead link
 @needs_rpc
 def test_a_model_split_across_two_network_namespaces_answers_as_it_does_locally(
     tmp_path: Path, two_namespaces: Namespaces, local_answer: str
@@ -255,15 +276,36 @@ def test_a_model_split_across_two_network_namespaces_answers_as_it_does_locally(
     reached over a bridge, not loopback."""
     ns = two_namespaces
     endpoints = [f"{address}:50052" for address in ns.addresses]
-    env = {"LOCARA_RPC": ",".join(endpoints)}
-    with running_workers(tmp_path, endpoints, ns.exec_argv) as workers:
+    # Both ends of every RPC connection drop a peer silent for this long
+    # (scripts/patches/llama-server-rpc-dead-peer.patch).
+    timeout = {"GGML_RPC_TIMEOUT": "5"}
+    env = {"LOCARA_RPC": ",".join(endpoints), **timeout}
+    with running_workers(tmp_path, endpoints, ns.exec_argv, timeout) as workers:
         with running_server(tmp_path / "home", env) as split:
             _assert_split_answer(split.url, workers, local_answer)
 
-        # A worker whose link is down takes no connection: it is named as unreachable,
-        # not as busy with another server.
-        ns.set_link(0, up=False)
+            # A worker's link goes down mid-answer: nothing closes the connection (without
+            # the patch llama-server would wait 16 min for TCP to give up). That request
+            # fails cleanly, and the next one is planned again without the worker.
+            down = partial(ns.set_link, 0, up=False)
+            error = _fail_mid_answer(split.url, down, endpoints[1:], local_answer)
+            assert "llama-server" in error
+
+        # Planned afresh, a worker whose link is down is named as unreachable, not as
+        # busy with another server.
         plan = _locara("plan", MODEL, env=server_env(tmp_path / "home", env))
         assert plan.returncode == 1
         assert f"RPC worker {endpoints[0]} is unreachable" in plan.stderr, plan.stderr
         assert "another server" not in plan.stderr
+
+        # Its link back, the worker has dropped its vanished client and serves again.
+        ns.set_link(0, up=True)
+        assert wait_until(lambda: _serves(endpoints[0]), timeout=30)
+
+
+def _serves(endpoint: str) -> bool:
+    try:
+        probe(endpoint, timeout_s=1.0)
+    except BackendUnavailableError:
+        return False
+    return True
