@@ -129,3 +129,22 @@ def metric(text: str, name: str, **labels: str) -> float:
         ):
             return float(value)
     return 0.0
+
+
+def endless_stream(model: str, max_tokens: int, min_items: int = 300) -> dict[str, object]:
+    """A streamed chat request that cannot end before ``max_tokens``: its JSON schema
+    demands ``min_items`` numbers (about four tokens each), so "still generating" never
+    depends on timing."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "List numbers."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "numbers",
+                "schema": {"type": "array", "items": {"type": "integer"}, "minItems": min_items},
+            },
+        },
+    }

@@ -23,7 +23,7 @@ import ollama
 import openai
 import pytest
 
-from server_harness import RunningServer, running_server
+from server_harness import RunningServer, endless_stream, running_server
 
 MODEL = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -312,20 +312,6 @@ def test_litellm_openai_provider_round_trip(server: RunningServer, litellm: Any)
 
 
 # -- 6. one loaded copy of a chat model serves chat and embeddings -----------------------
-# A stream that cannot end before max_tokens: its schema needs ~1,200 tokens.
-LONG_STREAM = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "List numbers."}],
-    "max_tokens": 600,
-    "stream": True,
-    "response_format": {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "numbers",
-            "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 400},
-        },
-    },
-}
 
 
 def _loaded(url: str, model: str) -> list[dict[str, Any]]:
@@ -367,7 +353,7 @@ def test_an_embedding_does_not_wait_for_the_generations_beside_it(
     every other batch). Asserted on order, not time: the embedding is answered while
     the generation is still running."""
     with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", json=LONG_STREAM, timeout=300
+        "POST", f"{server.url}/v1/chat/completions", json=endless_stream(MODEL, 600), timeout=300
     ) as stream:
         events = (ln for ln in stream.iter_lines() if ln.startswith("data: {"))
         next(events)

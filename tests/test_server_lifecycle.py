@@ -21,24 +21,12 @@ import pytest
 from locara.engine.loader import resolve
 from locara.planner.plan import PlanRequest
 from locara.settings import Settings
-from server_harness import RunningServer, metric, running_server, wait_until
+from server_harness import RunningServer, endless_stream, metric, running_server, wait_until
 
 MODEL = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
 CTX = 512
-LONG = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "List numbers."}],
-    "max_tokens": 450,  # of a 512 context; the schema needs ~1200 to finish
-    "stream": True,
-    "response_format": {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "numbers",
-            "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 300},
-        },
-    },
-}
+LONG = endless_stream(MODEL, 450)  # of a 512 context; the schema needs ~1200 to finish
 
 
 @pytest.fixture(scope="module")

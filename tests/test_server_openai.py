@@ -11,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from server_harness import RunningServer, metric, running_server, wait_until
+from server_harness import RunningServer, endless_stream, metric, running_server, wait_until
 
 MODEL = "smollm2-135m-instruct"
 CAPITAL = [{"role": "user", "content": "Name the capital city of France."}]
@@ -330,19 +330,7 @@ def test_health_and_metrics(server: RunningServer, client: openai.OpenAI) -> Non
 
 def test_different_models_run_in_parallel(server: RunningServer) -> None:
     # A generation that cannot end soon (the schema demands 300 items) holds one model...
-    long = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "List numbers."}],
-        "max_tokens": 2000,
-        "stream": True,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {
-                "name": "n",
-                "schema": {"type": "array", "items": {"type": "integer"}, "minItems": 300},
-            },
-        },
-    }
+    long = endless_stream(MODEL, 2000)
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=120) as r:
         lines = (x for x in r.iter_lines() if x.startswith("data: {"))
         next(lines)
