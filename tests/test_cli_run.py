@@ -236,6 +236,9 @@ def test_ctrl_c_during_generation_exits_130(shared_home: Path) -> None:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=env,
+        # Ctrl-C as a terminal delivers it: a test run started in the background (make
+        # test &) ignores SIGINT, and a child would inherit that and never see it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     first = proc.stdout.read(1)  # generation has started
