@@ -8,6 +8,7 @@ the file cleanly from byte 0.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -222,7 +223,10 @@ def download(
         return part.hasher.hexdigest(), part.offset
     finally:
         part.hasher.hexdigest()  # never leave the hashing thread waiting
-        f.close()
+        # A full disk may refuse the bytes still buffered too; the error already raised
+        # says so (a resume re-reads the partial file from disk, so nothing is lost).
+        with contextlib.suppress(OSError):
+            f.close()
 
 
 def _disk_error(exc: OSError) -> StoreError:
