@@ -406,6 +406,21 @@ PERSON = {
     },
 }
 INVENT = [{"role": "user", "content": "Invent a person."}]
+CALL_PERSON = {"type": "function", "function": {"name": "Person"}}
+
+
+def _force_person(
+    oai: openai.OpenAI, messages: list[dict[str, Any]], choice: Any = CALL_PERSON, **kw: Any
+) -> Any:
+    """A chat with the bundled model (no tools in its template) that forces Person."""
+    return oai.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        tools=[PERSON],  # type: ignore[list-item]
+        tool_choice=choice,
+        max_tokens=60,
+        **kw,
+    )
 
 
 def _person(call: Any) -> dict[str, Any]:
@@ -416,20 +431,10 @@ def _person(call: Any) -> dict[str, Any]:
     return dict(args)
 
 
-@pytest.mark.parametrize(
-    "choice",
-    [{"type": "function", "function": {"name": "Person"}}, "required"],
-    ids=["named", "required-one-tool"],
-)
+@pytest.mark.parametrize("choice", [CALL_PERSON, "required"], ids=["named", "required-one-tool"])
 def test_a_forced_call_works_without_tools_in_the_template(oai: openai.OpenAI, choice: Any) -> None:
     """instructor's default mode: the call is generated under the function's schema."""
-    r = oai.chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=INVENT,  # type: ignore[arg-type]
-        tools=[PERSON],  # type: ignore[list-item]
-        tool_choice=choice,
-        max_tokens=60,
-    )
+    r = _force_person(oai, INVENT, choice)
     choice0 = r.choices[0]
     assert choice0.finish_reason == "tool_calls" and choice0.message.content is None
     (call,) = choice0.message.tool_calls or []
@@ -439,14 +444,7 @@ def test_a_forced_call_works_without_tools_in_the_template(oai: openai.OpenAI, c
 def test_a_forced_call_streams_as_argument_pieces_and_takes_a_retry_history(
     oai: openai.OpenAI,
 ) -> None:
-    stream = oai.chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=INVENT,  # type: ignore[arg-type]
-        tools=[PERSON],  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "Person"}},
-        max_tokens=60,
-        stream=True,
-    )
+    stream = _force_person(oai, INVENT, stream=True)
     deltas = [d for c in stream if c.choices for d in c.choices[0].delta.tool_calls or []]
     assert len(deltas) > 1 and deltas[0].id and deltas[0].function.name == "Person"
     assert all(d.id is None and d.function.name is None for d in deltas[1:])
@@ -462,13 +460,7 @@ def test_a_forced_call_streams_as_argument_pieces_and_takes_a_retry_history(
         {"role": "tool", "tool_call_id": deltas[0].id,
          "content": f"Recall the function correctly, fix the errors: age {args['age']} is not < 120"},
     ]  # fmt: skip
-    r = oai.chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=retry,  # type: ignore[arg-type]
-        tools=[PERSON],  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "Person"}},
-        max_tokens=60,
-    )
+    r = _force_person(oai, retry)
     (call,) = r.choices[0].message.tool_calls or []
     _person(call)
 
@@ -485,13 +477,7 @@ def test_a_call_the_request_does_not_force_still_needs_tools_in_the_template(
                 tool_choice=choice,  # type: ignore[arg-type]
             )
     with pytest.raises(openai.BadRequestError, match="cannot be combined"):
-        oai.chat.completions.create(
-            model=DEFAULT_MODEL,
-            messages=INVENT,  # type: ignore[arg-type]
-            tools=[PERSON],  # type: ignore[list-item]
-            tool_choice="required",
-            response_format={"type": "json_object"},
-        )
+        _force_person(oai, INVENT, response_format={"type": "json_object"})
 
 
 def test_a_template_llama_cpp_cannot_parse_still_chats_but_has_no_tools(
